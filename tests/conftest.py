@@ -1,0 +1,66 @@
+"""Shared fixtures: the ../shared reference data and checkpoints written by its tool.
+
+Checkpoints are generated (seconds each) rather than stored: `random_sam2_checkpoint.py` fills every
+tensor from (seed, key, shape), so the files are identical to those the goldens were computed from.
+They are cached for the whole session in a temporary directory.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__import__("os").environ.get("SEGANY_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+GOLDENS = FIXTURES / "goldens"
+IMAGES = FIXTURES / "images"
+CHECKPOINT_TOOL = SHARED / "tools" / "random_sam2_checkpoint.py"
+
+
+def write_random_checkpoint(variant: str, out: Path) -> Path:
+    """Write `variant`'s deterministic random checkpoint (seed 0) with the shared tool."""
+    subprocess.run([sys.executable, str(CHECKPOINT_TOOL), variant, str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """`make_checkpoint(variant) -> Path`, each variant written once per session."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    made: dict[str, Path] = {}
+
+    def make(variant: str) -> Path:
+        if variant not in made:
+            made[variant] = write_random_checkpoint(variant, folder / f"{variant}.pt")
+        return made[variant]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(make_checkpoint) -> Path:
+    return make_checkpoint("sam2.1_hiera_tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    import torch
+
+    import segany
+
+    return segany.load_model("sam2.1_hiera_tiny", checkpoint=tiny_checkpoint, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_model):
+    import segany
+
+    return segany.Predictor(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def image_paths() -> dict[str, Path]:
+    return {p.name: p for p in sorted(IMAGES.glob("*.png"))}
