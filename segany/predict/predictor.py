@@ -129,6 +129,18 @@ class Predictor:
             low_res_logits=pick(low_res.float().cpu().numpy()),
         )
 
+    def segment_text(self, emb_or_image, text: str, grounder=None, *, image=None, multimask_output: bool = False,
+                     threshold: float = 0.0, box_threshold: float | None = None, text_threshold: float | None = None):
+        """Masks for the phrases of `text` ("a dog. a ball."): detector boxes become box prompts.
+
+        Needs the `text` extra. When `emb_or_image` is an `ImageEmbedding`, pass the pixels as `image=`
+        too (the detector sees the image, not the embedding). Returns `LabelledMasks`.
+        """
+        from .text import segment_text
+
+        return segment_text(self, emb_or_image, text, grounder, image=image, multimask_output=multimask_output,
+                            threshold=threshold, box_threshold=box_threshold, text_threshold=text_threshold)
+
     def _upsample(self, low_res: torch.Tensor, size_hw: tuple[int, int], threshold: float | None) -> np.ndarray:
         """(B, C, 256, 256) logits -> (B, C, H, W) bool masks (or float32 logits when threshold is None)."""
         chunks = []
