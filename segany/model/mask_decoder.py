@@ -93,8 +93,12 @@ class MaskDecoder(nn.Module):
         src = keys.transpose(1, 2).reshape(b, c, h, w)
         dc1, ln1, act1, dc2, act2 = self.output_upscaling
         feat_s0, feat_s1 = high_res_feats
-        upscaled = act1(ln1(dc1(src) + feat_s1))
-        upscaled = act2(dc2(upscaled) + feat_s0)
+        # In-place adds: these are the largest per-prompt tensors (64 x 128^2 and 32 x 256^2 each).
+        upscaled = dc1(src)
+        upscaled += feat_s1
+        upscaled = dc2(act1(ln1(upscaled)))
+        upscaled += feat_s0
+        upscaled = act2(upscaled)
 
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
         _, uc, uh, uw = upscaled.shape

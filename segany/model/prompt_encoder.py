@@ -34,14 +34,23 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe_cache: torch.Tensor | None = None
 
     @property
     def mask_input_hw(self) -> tuple[int, int]:
         return (4 * self.image_embedding_hw[0], 4 * self.image_embedding_hw[1])
 
     def dense_pe(self) -> torch.Tensor:
-        """Position encoding of the image embedding grid, (1, C, 64, 64)."""
-        return self.pe_layer.dense(self.image_embedding_hw).unsqueeze(0)
+        """Position encoding of the image embedding grid, (1, C, 64, 64).
+
+        A pure function of frozen weights, so it is computed once (per device) and reused by every decode.
+        """
+        device = self.pe_layer.positional_encoding_gaussian_matrix.device
+        cached = self._dense_pe_cache
+        if cached is None or cached.device != device or self.training:
+            cached = self.pe_layer.dense(self.image_embedding_hw).unsqueeze(0)
+            self._dense_pe_cache = cached
+        return cached
 
     def embed_points(self, coords_xy: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, N, 2) coordinates in the 1024 input frame and (B, N) labels -> (B, N + 1, C) tokens.

@@ -10,6 +10,7 @@ from typing import Mapping
 import torch
 
 from ..errors import CheckpointError, ModelNotFound
+from ..runtime import tune_cpu_allocator
 from .sam2 import SAM2ImageModel
 from .variants import VariantSpec, get_variant, list_variants, variant_for_trunk
 
@@ -192,6 +193,8 @@ def load_model(
             raise CheckpointError(f"{checkpoint} holds a {found.name} checkpoint, not {spec.name}")
 
     dev = torch.device(device) if device is not None else default_device()
+    if dev.type == "cpu":
+        tune_cpu_allocator()
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                  "float16": torch.float16, "fp16": torch.float16}.get(dtype.lower())
