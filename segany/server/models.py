@@ -1,0 +1,105 @@
+"""The loaded models: the default one plus others loaded on request, kept in a bounded LRU.
+
+Requests name models by variant (`sam2.1_hiera_tiny`) or Hugging Face id (`facebook/sam2.1-hiera-tiny`);
+anything else is `ModelNotFound` (a 404), never a file path, so a client cannot make the server read
+arbitrary files. Weights come from `--checkpoint` (default model), `--checkpoint-dir/<variant>.pt`
+(or `.safetensors`), or else the Hugging Face cache / hub as `segany.load_model` resolves them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from segany.errors import ModelNotFound
+from segany.model.variants import get_variant, list_variants
+from segany.predict.predictor import Predictor
+from segany.server.settings import ServerSettings
+
+log = logging.getLogger("segany.server")
+
+ModelLoader = Callable[..., Any]  # segany.load_model's signature
+
+
+def canonical_variant(name: str | None, default: str) -> str:
+    """Variant name for a request's model field; None or "" means the default model."""
+    if name is None or not str(name).strip():
+        return default
+    spec = get_variant(str(name).strip())
+    if spec is None:
+        raise ModelNotFound(
+            f"unknown model {str(name)[:200]!r}: expected one of {', '.join(list_variants())} "
+            "or a Hugging Face id such as facebook/sam2.1-hiera-tiny"
+        )
+    return spec.name
+
+
+class ModelPool:
+    """Loads predictors on first use (one load at a time per variant) and drops the least recently used."""
+
+    def __init__(self, settings: ServerSettings, loader: ModelLoader | None = None,
+                 on_change: Callable[[int], None] | None = None) -> None:
+        if loader is None:
+            from segany.model import load_model as loader
+        self.settings = settings
+        self._loader = loader
+        self._on_change = on_change
+        # The default model must be named too (its weights may still come from --checkpoint FILE).
+        self.default_variant = canonical_variant(settings.model, settings.model)
+        self._loaded: OrderedDict[str, Predictor] = OrderedDict()
+        self.ever_loaded: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def resolve(self, name: str | None) -> str:
+        return canonical_variant(name, self.default_variant)
+
+    @property
+    def loaded_variants(self) -> list[str]:
+        return list(self._loaded)
+
+    def is_loaded(self, variant: str) -> bool:
+        return variant in self._loaded
+
+    def checkpoint_for(self, variant: str) -> str | None:
+        """Where `variant`'s weights come from; None lets `load_model` use the Hugging Face cache."""
+        if variant == self.default_variant and self.settings.checkpoint:
+            return self.settings.checkpoint
+        if self.settings.checkpoint_dir:
+            for suffix in (".pt", ".safetensors"):
+                candidate = Path(self.settings.checkpoint_dir) / f"{variant}{suffix}"
+                if candidate.is_file():
+                    return str(candidate)
+        return None
+
+    def _load(self, variant: str) -> Predictor:
+        checkpoint = self.checkpoint_for(variant)
+        log.info("loading model %s (checkpoint %s)", variant, checkpoint or "from the Hugging Face cache")
+        model = self._loader(variant, checkpoint=checkpoint, device=self.settings.device, dtype=self.settings.dtype)
+        return Predictor(model)
+
+    async def get(self, variant: str) -> Predictor:
+        """The predictor for a canonical variant name (from `resolve`), loading it off the event loop."""
+        predictor = self._loaded.get(variant)
+        if predictor is not None:
+            self._loaded.move_to_end(variant)
+            return predictor
+        lock = self._locks.setdefault(variant, asyncio.Lock())
+        async with lock:
+            predictor = self._loaded.get(variant)
+            if predictor is None:
+                predictor = await asyncio.to_thread(self._load, variant)
+                self._loaded[variant] = predictor
+                self.ever_loaded.add(variant)
+                while len(self._loaded) > self.settings.max_models:
+                    dropped, _ = self._loaded.popitem(last=False)
+                    log.info("unloaded model %s (max_models=%d)", dropped, self.settings.max_models)
+                if self._on_change is not None:
+                    self._on_change(len(self._loaded))
+            self._loaded.move_to_end(variant)
+            return predictor
+
+    async def get_default(self) -> Predictor:
+        return await self.get(self.default_variant)

@@ -1,0 +1,177 @@
+"""Every server option in one frozen dataclass; each is also a CLI flag and a `SEGANY_<NAME>` variable.
+
+Precedence: command-line flag, then environment variable, then the default below. The CLI flag is the
+field name with dashes (`max_queue` -> `--max-queue`), the variable its upper-case form
+(`SEGANY_MAX_QUEUE`). `api_keys` is the exception: `--api-key K` (repeatable) and `SEGANY_API_KEY`
+(comma-separated).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+from segany.errors import InvalidInput
+from segany.io.images import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "SEGANY_"
+DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _opt(default: Any, help: str, *, flag: str | None = None, env: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "env": env})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Server configuration. Sizes in MiB, times in seconds unless the name says `_ms`."""
+
+    model: str = _opt("sam2.1_hiera_tiny", "default model: variant name or Hugging Face id")
+    checkpoint: str | None = _opt(None, "checkpoint file for the default model (else the Hugging Face cache)")
+    checkpoint_dir: str | None = _opt(None, "folder of <variant>.pt checkpoints for models loaded on request")
+    device: str | None = _opt(None, "torch device (default: cuda if available, else cpu)")
+    dtype: str | None = _opt(None, "float32, bfloat16 or float16 (default: the library's choice for the device)")
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8000, "port to listen on")
+    api_keys: tuple[str, ...] = _opt(
+        (), "API key clients must send (repeatable); none means auth is off", flag="--api-key", env="SEGANY_API_KEY"
+    )
+    max_models: int = _opt(2, "models kept loaded at once (least recently used is dropped)")
+    preload: bool = _opt(True, "load the default model at startup (/readyz waits for it)")
+    embedding_cache_mb: float = _opt(1024.0, "embedding cache size in MiB; 0 turns the cache off")
+    embed_batch_size: int = _opt(4, "most images embedded together in one micro-batch")
+    embed_batch_wait_ms: float = _opt(5.0, "longest wait for more images to join an embed micro-batch")
+    decode_batch_size: int = _opt(32, "most prompts decoded together in one batch")
+    decode_batch_wait_ms: float = _opt(1.0, "longest wait for more prompts to join a decode batch")
+    max_queue: int = _opt(64, "inference jobs waiting at once; more get 503 with Retry-After")
+    request_timeout_s: float = _opt(120.0, "per-request time limit for inference")
+    max_body_mb: float = _opt(32.0, "largest request body")
+    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, "largest decoded image (width x height)")
+    max_prompts: int = _opt(64, "most prompts in one request")
+    max_points_per_prompt: int = _opt(64, "most points in one prompt")
+    max_points_per_side: int = _opt(128, "largest points_per_side for automatic mask generation")
+    max_auto_points: int = _opt(32768, "largest number of AMG points (grid points over all crops)")
+    auto_defaults: str | None = _opt(
+        None, 'JSON object of MaskGenerator defaults for /v1/auto and Hugging Face, e.g. {"points_per_side": 16}'
+    )
+    allow_url_fetch: bool = _opt(False, "allow images given by http(s) URL (public addresses only)")
+    fetch_max_mb: float = _opt(20.0, "largest image fetched by URL")
+    fetch_timeout_s: float = _opt(10.0, "time limit for fetching one image URL")
+    log_level: str = _opt("info", "log level")
+
+    def __post_init__(self) -> None:
+        positive = ("port", "max_models", "embed_batch_size", "decode_batch_size", "max_queue", "max_prompts",
+                    "max_points_per_prompt", "max_points_per_side", "max_image_pixels", "max_auto_points")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}", name)
+        for name in ("embedding_cache_mb", "embed_batch_wait_ms", "decode_batch_wait_ms"):
+            if float(getattr(self, name)) < 0:
+                raise InvalidInput(f"{name} must be >= 0, got {getattr(self, name)}", name)
+        if self.dtype is not None and self.dtype.lower() not in DTYPES:
+            raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "dtype")
+        for name in ("request_timeout_s", "max_body_mb", "fetch_max_mb", "fetch_timeout_s"):
+            if float(getattr(self, name)) <= 0:
+                raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}", name)
+
+    @property
+    def embedding_cache_bytes(self) -> int:
+        return int(self.embedding_cache_mb * 2**20)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 2**20)
+
+    @property
+    def fetch_max_bytes(self) -> int:
+        return int(self.fetch_max_mb * 2**20)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def with_(self, **changes: Any) -> ServerSettings:
+        """A copy with some options changed (validated again)."""
+        return replace(self, **changes)
+
+
+def _flag(f: Any) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _env(f: Any) -> str:
+    return f.metadata.get("env") or ENV_PREFIX + f.name.upper()
+
+
+def _base_type(f: Any) -> str:
+    """'bool' | 'int' | 'float' | 'str' | 'keys' from the annotation (a string under postponed evaluation)."""
+    annotation = str(f.type)
+    for name in ("bool", "int", "float"):
+        if annotation.startswith(name):
+            return name
+    return "keys" if annotation.startswith("tuple") else "str"
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise InvalidInput(f"{name} must be true or false, got {text!r}", name)
+
+
+def _convert(f: Any, raw: str) -> Any:
+    """Convert an environment string to the field's type, naming the variable on failure."""
+    kind = _base_type(f)
+    name = _env(f)
+    try:
+        if kind == "bool":
+            return _parse_bool(raw, name)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as error:
+        raise InvalidInput(f"{name}: {error}", name) from None
+    if kind == "keys":
+        return tuple(key.strip() for key in raw.split(",") if key.strip())
+    if f.default is None and not raw:
+        return None  # an empty variable unsets an optional path
+    return raw
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per option; defaults stay None so the environment can fill what the user left out."""
+    for f in fields(ServerSettings):
+        kind = _base_type(f)
+        default = f.default if f.default is not MISSING else None
+        env_help = f"{f.metadata['help']} (env {_env(f)}; default {default!r})"
+        if kind == "bool":
+            parser.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=env_help)
+        elif kind == "keys":
+            parser.add_argument(_flag(f), dest=f.name, action="append", default=None, metavar="KEY", help=env_help)
+        else:
+            converter = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(_flag(f), dest=f.name, type=converter, default=None, help=env_help)
+
+
+def settings_from(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None,
+                  **overrides: Any) -> ServerSettings:
+    """Build settings from parsed flags, then `environ` (default `os.environ`), then defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(ServerSettings):
+        cli_value = getattr(args, f.name, None) if args is not None else None
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+        elif cli_value is not None:
+            values[f.name] = tuple(cli_value) if _base_type(f) == "keys" else cli_value
+        elif _env(f) in environ:
+            values[f.name] = _convert(f, environ[_env(f)])
+    return ServerSettings(**values)
