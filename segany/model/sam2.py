@@ -52,6 +52,8 @@ class SAM2ImageModel(nn.Module):
         As the official transform: [0, 1] floats, bilinear antialiased resize to S x S without keeping
         the aspect ratio, then ImageNet mean/std.
         """
+        if not rgb.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. np.asarray(PIL image))
+            rgb = rgb.copy()
         x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1).unsqueeze(0).float() / 255.0
         s = self.image_size
         x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)

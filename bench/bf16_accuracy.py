@@ -1,0 +1,98 @@
+"""Mask agreement of segany in reduced precision with the official float32 goldens.
+
+    python bench/bf16_accuracy.py [--variants tiny,...] [--dtype auto|bfloat16|float32] [--min-iou 0.98]
+
+Runs every case of ../shared/fixtures/goldens/manifest.json (every variant, image and prompt case) with the
+model loaded in `--dtype` (`auto`: what `segany.load_model` picks, bfloat16 on CPUs with AVX512-BF16 or AMX)
+from the same random checkpoint the goldens were computed from, and reports the mean mask IoU against the
+golden full-resolution masks (return_logits cases thresholded at 0), per case, per variant and overall.
+Exits with status 1 when the overall mean is below --min-iou.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+import segany
+
+from _common import GOLDENS, REPO, print_table, random_checkpoint
+
+# tests/golden_cases.py reads the manifest and npz files; it imports tests/conftest.py by module name.
+sys.path.insert(0, str(REPO / "tests"))
+from golden_cases import case_kwargs, golden_masks, image_path, manifest  # noqa: E402
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def mask_ious(pred: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """IoU of each mask: bool (..., H, W) arrays -> (...,) float; two empty masks count as 1."""
+    inter = np.logical_and(pred, gold).sum(axis=(-2, -1))
+    union = np.logical_or(pred, gold).sum(axis=(-2, -1))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def as_bool(masks: np.ndarray) -> np.ndarray:
+    """Masks as returned (bool, or float logits for return_logits cases) -> bool."""
+    return masks if masks.dtype == bool else masks > 0
+
+
+def run_variant(file_name: str, entry: dict, dtype: torch.dtype | None) -> tuple[str, list[list]]:
+    """Rows [variant, image, case, masks, mean IoU, min IoU, mean |Δscore|] for one golden file."""
+    variant = entry["variant"]
+    model = segany.load_model(variant, checkpoint=random_checkpoint(variant, seed=entry.get("seed", 0)),
+                              device="cpu", dtype=dtype)
+    predictor = segany.Predictor(model)
+    npz = np.load(GOLDENS / file_name)
+    embeddings = {image: predictor.embed(image_path(image)) for image in entry["images"]}
+    rows = []
+    for case in entry["cases"]:
+        image = case["image"]
+        prefix = f"{image}/{case['name']}"
+        out = predictor.predict(embeddings[image], **case_kwargs(case, npz, image))
+        ious = mask_ious(as_bool(out.masks), as_bool(golden_masks(npz, prefix)))
+        score_gap = float(np.abs(out.scores - npz[f"{prefix}/iou"]).mean())
+        rows.append([variant, image, case["name"], int(ious.size), float(ious.mean()), float(ious.min()), score_gap])
+    return str(model.dtype).replace("torch.", ""), rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="", help="comma list of variant names (or tiny, small, base_plus, large "
+                    "for sam2.1_hiera_*); default: every variant with goldens")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="auto")
+    ap.add_argument("--min-iou", type=float, default=0.98, help="exit 1 when the overall mean mask IoU is below this")
+    args = ap.parse_args(argv)
+
+    files = manifest()
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    wanted = [v if v.startswith("sam2") else f"sam2.1_hiera_{v}" for v in wanted]
+    known = {entry["variant"] for entry in files.values()}
+    for v in wanted:
+        if v not in known:
+            ap.error(f"--variants: no goldens for {v!r} (have {', '.join(sorted(known))})")
+
+    rows, per_variant = [], []
+    for file_name, entry in files.items():
+        if wanted and entry["variant"] not in wanted:
+            continue
+        dtype_name, variant_rows = run_variant(file_name, entry, DTYPES[args.dtype])
+        rows.extend(variant_rows)
+        ious = [r[4] for r in variant_rows]
+        per_variant.append([entry["variant"], dtype_name, len(ious), float(np.mean(ious)), float(np.min(ious))])
+        print(f"{entry['variant']} ({dtype_name}): mean mask IoU {np.mean(ious):.4f} over {len(ious)} cases",
+              flush=True)
+
+    print()
+    print_table(["variant", "image", "case", "masks", "mean IoU", "min IoU", "mean |Δscore|"], rows, decimals=4)
+    print()
+    print_table(["variant", "dtype", "cases", "mean IoU", "worst case"], per_variant, decimals=4)
+    overall = float(np.mean([r[4] for r in rows]))
+    print(f"\noverall mean mask IoU (mean over {len(rows)} cases): {overall:.4f} (aim >= {args.min_iou})")
+    return 0 if overall >= args.min_iou else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
