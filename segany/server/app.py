@@ -13,9 +13,10 @@ from starlette.responses import Response
 
 import segany
 from segany.errors import SeganyError
-from segany.server import health, openapi
+from segany.server import health, openapi, webpage
 from segany.server.dialects import huggingface, livepeer, native, render_error, roboflow
 from segany.server.dialects.auto_params import parse_auto_defaults
+from segany.server.dialects.native_labelled import RecentImages
 from segany.server.engine import Engine
 from segany.server.errors import ErrorInfo, describe
 from segany.server.limits import Limits
@@ -68,7 +69,8 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
     app.state.limits = Limits.from_settings(settings)
     app.state.auto_defaults = auto_defaults
     app.state.logits_cache = LogitsCache()
-    for router in (health.router, native.router, livepeer.router, huggingface.router, roboflow.router):
+    app.state.recent_images = RecentImages()
+    for router in (health.router, webpage.router, native.router, livepeer.router, huggingface.router, roboflow.router):
         app.include_router(router)
     app.add_exception_handler(SeganyError, _handle_error)
     app.add_exception_handler(ValidationError, _handle_error)

@@ -18,6 +18,9 @@ from segany.server.errors import Unauthorized
 # describe the API without revealing any data, and the docs page cannot attach a key to its own fetch.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
+# The web page's own files hold no data; the page asks the user for a key and sends it with its API calls.
+PUBLIC_PAGE_PREFIXES = ("/static/",)
+
 # Routes whose clients send the key inside the JSON body.
 BODY_KEY_PREFIXES = ("/sam2/",)
 
@@ -57,14 +60,17 @@ def is_valid_key(candidate: str | None, keys: Iterable[str]) -> bool:
     return found
 
 
-def needs_key(path: str, keys: tuple[str, ...]) -> bool:
-    return bool(keys) and path not in PUBLIC_PATHS
+def needs_key(path: str, keys: tuple[str, ...], method: str = "POST") -> bool:
+    if not keys or path in PUBLIC_PATHS:
+        return False
+    # GET / is the page; POST / is the Hugging Face endpoint and keeps needing a key.
+    return not (method in ("GET", "HEAD") and (path == "/" or path.startswith(PUBLIC_PAGE_PREFIXES)))
 
 
 def check_request(path: str, headers: Mapping[str, str], query_string: str, body: bytes | None,
-                  keys: tuple[str, ...]) -> None:
+                  keys: tuple[str, ...], method: str = "POST") -> None:
     """Raise `Unauthorized` unless the request carries a configured key (or the route is public)."""
-    if not needs_key(path, keys):
+    if not needs_key(path, keys, method):
         return
     candidate = key_from_headers(headers) or key_from_query(query_string)
     if candidate is None and body and path.startswith(BODY_KEY_PREFIXES):

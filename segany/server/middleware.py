@@ -67,7 +67,8 @@ class GuardMiddleware:
                 length = headers.get("content-length")
                 declared = int(length) if length and length.isdigit() else None
                 body = await read_body_limited(receive, self.max_body_bytes, declared)
-            check_request(path, headers, scope.get("query_string", b"").decode("latin-1"), body, self.api_keys)
+            check_request(path, headers, scope.get("query_string", b"").decode("latin-1"), body, self.api_keys,
+                          scope.get("method", "GET"))
         except SeganyError as error:
             response = self.render_error(path, describe(error))
             await response(scope, receive, send)

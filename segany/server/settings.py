@@ -55,6 +55,8 @@ class ServerSettings:
     max_points_per_prompt: int = _opt(64, "most points in one prompt")
     max_points_per_side: int = _opt(128, "largest points_per_side for automatic mask generation")
     max_auto_points: int = _opt(32768, "largest number of AMG points (grid points over all crops)")
+    text_model: str = _opt("IDEA-Research/grounding-dino-tiny",
+                           "open-vocabulary detector for text prompts (Hugging Face id or local folder; needs segany[text])")
     auto_defaults: str | None = _opt(
         None, 'JSON object of MaskGenerator defaults for /v1/auto and Hugging Face, e.g. {"points_per_side": 16}'
     )

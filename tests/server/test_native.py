@@ -137,7 +137,7 @@ def test_auto_records_have_official_fields(server, embedded, image_b64):
         ({"image": "not base64!!", "prompts": [{"points": [[1, 1]]}]}, 400, "image"),
         ({"image_id": "0" * 64, "prompts": [{"points": [[1, 1]]}]}, 404, "image_id"),
         ({"prompts": [{"points": [[1, 1]]}]}, 400, "image"),
-        ({"image_id": "x", "prompts": []}, 422, "prompts"),
+        ({"image_id": "x", "prompts": []}, 400, "prompts"),  # no prompts, text or detections
         ({"image_id": "x", "prompts": [{"points": [[1, 1]]}], "format": "gif"}, 422, "format"),
         ({"image_id": "x", "prompts": [{"lables": [1]}]}, 422, "prompts.0.lables"),
         ({"image_id": "x", "prompts": [{"points": [[1, 1]], "labels": [1, 0]}]}, 400, "prompts[0].labels"),

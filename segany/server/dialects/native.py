@@ -12,9 +12,10 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from segany.errors import InvalidImage
+from segany.errors import InvalidImage, InvalidInput
 from segany.io.masks import mask_to_png_base64, mask_to_polygons
 from segany.io.rle import coco_encode
+from segany.server.dialects.native_labelled import LabelledBoxes, RecentImages, detection_boxes, text_boxes
 from segany.server.dialects.native_schemas import (
     AutoIn, AutoOut, EmbedIn, EmbedOut, ErrorOut, SegmentIn, SegmentOut,
 )
@@ -51,8 +52,11 @@ async def _decoded(engine: Engine, image_text: str | None, upload: bytes | None)
 
 
 async def _embedding(engine: Engine, fields: Any, upload: bytes | None, image_id: str | None,
-                     timing: dict[str, float]) -> EmbedResult:
-    """The request's embedding: cached by image_id when possible, else decoded and embedded."""
+                     timing: dict[str, float], recent: RecentImages | None = None) -> EmbedResult:
+    """The request's embedding: cached by image_id when possible, else decoded and embedded.
+
+    Decoded images are remembered in `recent` for text prompts that later arrive with only the image_id.
+    """
     if image_id:
         try:
             return engine.lookup(image_id, fields.model)
@@ -62,6 +66,8 @@ async def _embedding(engine: Engine, fields: Any, upload: bytes | None, image_id
     start = time.perf_counter()
     image = await _decoded(engine, fields.image, upload)
     timing["decode_image"] = _ms(start)
+    if recent is not None:
+        recent.put(image)
     result = await engine.embed(image, fields.model)
     timing["embed"] = round(result.embed_ms, 3)
     return result
@@ -80,7 +86,7 @@ async def embed(request: Request) -> JSONResponse:
 
     async def work() -> tuple[EmbedResult, dict[str, float]]:
         timing: dict[str, float] = {}
-        return await _embedding(engine, body, upload, None, timing), timing
+        return await _embedding(engine, body, upload, None, timing, request.app.state.recent_images), timing
 
     start = time.perf_counter()
     result, timing = await engine.run(work)
@@ -90,29 +96,44 @@ async def embed(request: Request) -> JSONResponse:
                          "cached": result.cached, "timing_ms": timing})
 
 
-@router.post("/v1/segment", openapi_extra=body_schema(SegmentIn, json_fields=("prompts",)),
+@router.post("/v1/segment", openapi_extra=body_schema(SegmentIn, json_fields=("prompts", "detections")),
              responses={200: {"model": SegmentOut}, **_ERRORS})
 async def segment(request: Request) -> JSONResponse:
-    """Masks for point / box / mask prompts on an image or an `image_id`, sorted by score per prompt."""
+    """Masks for point / box / mask prompts, a text prompt, or detector boxes, on an image or an `image_id`.
+
+    Point/box results come first in request order, masks sorted by score; then one result per detected or
+    given box, each with its label fields (`label` + `detector_score` for text; `class`, `class_id`,
+    `confidence`, `parent_id` for detections).
+    """
     engine: Engine = request.app.state.engine
     limits: Limits = request.app.state.limits
-    fields, upload = await read_form_or_json(request, json_fields=("prompts",))
+    recent: RecentImages = request.app.state.recent_images
+    fields, upload = await read_form_or_json(request, json_fields=("prompts", "detections"))
     body = SegmentIn.model_validate(fields)
-    limits.check_prompt_count(len(body.prompts))
+    if not body.prompts and body.text is None and body.detections is None:
+        raise InvalidInput("send at least one of 'prompts', 'text' or 'detections'", "prompts")
+    limits.check_prompt_count(len(body.prompts) + len(body.detections or ()))
     prompts = [make_prompt(p.points, p.labels, p.box, p.model_dump()["mask_input"], field=f"prompts[{i}]",
                            limits=limits) for i, p in enumerate(body.prompts)]
+    given = detection_boxes(body.detections) if body.detections is not None else None
     if upload is None and not body.image and not body.image_id:
         raise InvalidImage("image: send an image or an image_id from /v1/embed", "image")
 
     async def work() -> tuple[EmbedResult, list[dict[str, Any]], dict[str, float]]:
         timing: dict[str, float] = {}
-        embedded = await _embedding(engine, body, upload, body.image_id, timing)
+        embedded = await _embedding(engine, body, upload, body.image_id, timing, recent)
         start = time.perf_counter()
-        outputs = await engine.predict(embedded, prompts, body.multimask)
-        timing["decode"] = _ms(start)
-        start = time.perf_counter()
+        outputs = await engine.predict(embedded, prompts, body.multimask) if prompts else []
         results = await asyncio.to_thread(_segment_results, outputs, body.format)
-        timing["encode"] = _ms(start)
+        labelled = [given] if given is not None else []
+        if body.text is not None:
+            detect_start = time.perf_counter()
+            labelled.append(await text_boxes(recent.get(embedded.image_id), body.text, request.app.state.settings.text_model,
+                                             body.box_threshold, body.text_threshold))
+            timing["detect"] = _ms(detect_start)
+        for boxes in labelled:
+            results += await _labelled_results(engine, embedded, boxes, body.min_score, body.format, limits)
+        timing["decode"] = _ms(start)
         return embedded, results, timing
 
     start = time.perf_counter()
@@ -121,6 +142,19 @@ async def segment(request: Request) -> JSONResponse:
     height, width = embedded.embedding.orig_hw
     return JSONResponse({"image_id": embedded.image_id, "model": embedded.variant, "width": width, "height": height,
                          "results": results, "timing_ms": timing})
+
+
+async def _labelled_results(engine: Engine, embedded: EmbedResult, boxes: LabelledBoxes, min_score: float,
+                            fmt: str, limits: Limits) -> list[dict[str, Any]]:
+    """One single-mask result per box, with the box's label fields; masks below `min_score` dropped."""
+    if len(boxes.labels) == 0:
+        return []
+    prompts = [make_prompt(box=box.tolist(), field=f"boxes[{i}]", limits=limits)
+               for i, box in enumerate(boxes.boxes_xyxy)]
+    outputs = await engine.predict(embedded, prompts, False)
+    kept = [(out, label) for out, label in zip(outputs, boxes.labels) if float(out.scores[0]) >= min_score]
+    encoded = await asyncio.to_thread(_segment_results, [out for out, _ in kept], fmt)
+    return [{**label, **entry} for (_, label), entry in zip(kept, encoded)]
 
 
 def _jsonable(value: Any) -> Any:

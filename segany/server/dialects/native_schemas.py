@@ -41,8 +41,16 @@ class EmbedIn(ImageIn):
 
 class SegmentIn(ImageIn):
     image_id: str | None = Field(None, description="id from /v1/embed, instead of the image")
-    prompts: list[PromptIn] = Field(min_length=1)
-    multimask: bool = Field(True, description="three masks per prompt (else one)")
+    prompts: list[PromptIn] = Field(default_factory=list, description="point / box / mask prompts")
+    text: str | None = Field(None, max_length=2000, description='objects to find, e.g. "a dog. a ball." '
+                             "(needs segany[text]; one mask per detected box, each with its phrase)")
+    detections: list[dict[str, Any]] | None = Field(
+        None, description="boxes from another model, Roboflow-style {x, y, width, height (centre-based), class, "
+        "class_id, confidence, detection_id}; one mask each, labels kept")
+    box_threshold: float | None = Field(None, ge=0, le=1, description="detector box score threshold (text)")
+    text_threshold: float | None = Field(None, ge=0, le=1, description="detector phrase threshold (text)")
+    min_score: float = Field(0.0, ge=0, le=1, description="drop text/detection masks scoring below this")
+    multimask: bool = Field(True, description="three masks per point/box prompt (else one)")
     format: Literal["rle", "png", "polygon", "logits"] = "rle"
 
 
@@ -83,6 +91,7 @@ class MaskOut(BaseModel):
 
 
 class PromptResultOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # text/detection results add label, class, confidence, ...
     masks: list[MaskOut]
 
 
