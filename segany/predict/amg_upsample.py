@@ -1,0 +1,276 @@
+"""Exact statistics of bilinearly upsampled mask logits, without upsampling whole masks.
+
+The official generator upsamples every 256x256 logit map to the crop size (`F.interpolate`,
+bilinear, align_corners=False) just to count pixels above a few thresholds (stability score) and
+find the mask's box. Every upsampled pixel is a convex combination of the 2x2 source values of one
+low-res "cell" (all output pixels sharing the same first source row and column), so a cell whose
+four sources are all above (below) a threshold gives an output block that is entirely above
+(below) it. Only cells straddling a threshold, typically a thin band along the mask outline, need
+their output pixels computed, with PyTorch's own index and weight arithmetic (float32), so counts
+and boxes equal those of the full upsampling.
+
+Frames: logits are (N, 256, 256) on the low-res grid of one crop; output pixels are in that crop's
+(h, w) frame; boxes are XYXY with inclusive right/bottom.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_CELL_CHUNK = 1 << 16  # straddling cells evaluated per step (bounds memory: cells * block pixels)
+_MASK_CHUNK = 128  # masks classified per step (bounds memory: masks * in * in)
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """Source taps and weights along one axis, per output index and per low-res cell."""
+
+    index0: torch.Tensor  # (out,) int64 first source index
+    index1: torch.Tensor  # (out,) int64 second source index
+    weight0: torch.Tensor  # (out,) float32
+    weight1: torch.Tensor  # (out,) float32
+    cell_start: torch.Tensor  # (in,) int64 first output index of each cell
+    cell_count: torch.Tensor  # (in,) int64 output indices in each cell (0 when downsampling skips it)
+    cell_next: torch.Tensor  # (in,) int64 second source index of each cell
+    block_index: torch.Tensor  # (in, block) int64 output indices of each cell, clamped
+    block_valid: torch.Tensor  # (in, block) bool
+
+
+def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
+    """PyTorch's `upsample_bilinear2d` (align_corners=False, no scale factor) taps, in float32."""
+    out_index = np.arange(out_size)
+    if in_size == out_size:  # PyTorch's identity shortcut
+        index0 = out_index.astype(np.int64)
+        index1 = index0.copy()
+        weight1 = np.zeros(out_size, dtype=np.float32)
+    else:
+        scale = np.float32(in_size) / np.float32(out_size)
+        centre = (out_index.astype(np.float32) + np.float32(0.5)).astype(np.float64)
+        # PyTorch's compiled kernel fuses this multiply-add (one rounding); float64 is exact here.
+        real = (np.float64(scale) * centre - 0.5).astype(np.float32)
+        real = np.where(real < 0, np.float32(0), real).astype(np.float32)
+        index0 = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
+        weight1 = np.clip(real - index0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+        index1 = index0 + (index0 < in_size - 1)
+    weight0 = (np.float32(1) - weight1).astype(np.float32)
+    cell_count = np.bincount(index0, minlength=in_size)
+    cell_start = np.concatenate([[0], np.cumsum(cell_count)[:-1]])
+    cell_next = np.minimum(np.arange(in_size) + 1, in_size - 1) if in_size != out_size else np.arange(in_size)
+    block = max(int(cell_count.max()), 1)
+    offsets = np.arange(block)
+    block_index = np.minimum(cell_start[:, None] + offsets[None, :], out_size - 1)
+    block_valid = offsets[None, :] < cell_count[:, None]
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    return _AxisPlan(
+        tensor(index0), tensor(index1), tensor(weight0), tensor(weight1), tensor(cell_start.astype(np.int64)),
+        tensor(cell_count.astype(np.int64)), tensor(cell_next.astype(np.int64)), tensor(block_index),
+        tensor(block_valid),
+    )
+
+
+def _blend(first: torch.Tensor, weight0: torch.Tensor, second: torch.Tensor, weight1: torch.Tensor) -> torch.Tensor:
+    """first * weight0 + second * weight1 rounded as PyTorch's compiled CPU kernel does it.
+
+    The kernel computes the second product, then fuses the first multiply with the add (one
+    rounding); the product of two float32 is exact in float64, which emulates the fused step. This
+    keeps values bit-identical to `F.interpolate` on x86 CPUs (blending along x, then along y).
+    """
+    second_term = (second * weight1).double()
+    return (first.double() * weight0.double() + second_term).float()
+
+
+@dataclass(frozen=True)
+class UpsampledStats:
+    """Per-mask facts about the upsampled logits of a batch."""
+
+    counts: torch.Tensor  # (N, T) int64 pixels with value > thresholds[t]
+    boxes_xyxy: torch.Tensor  # (N, 4) int64 inclusive box of pixels > box_threshold; zeros when none
+
+
+@dataclass(frozen=True)
+class _Straddling:
+    """Cells whose output block straddles a threshold, with their exact above-threshold pixels."""
+
+    mask: torch.Tensor  # (K,) int64 which mask
+    row: torch.Tensor  # (K,) int64 cell row
+    col: torch.Tensor  # (K,) int64 cell column
+    above: torch.Tensor  # (K, T, block_h, block_w) bool per threshold, False on padding
+
+
+class UpsamplePlan:
+    """Bilinear upsampling of (N, in, in) logits to one crop size, queried without materializing it."""
+
+    def __init__(self, in_size: int, out_hw: tuple[int, int], device: torch.device | str = "cpu") -> None:
+        self.in_size = int(in_size)
+        self.out_hw = (int(out_hw[0]), int(out_hw[1]))
+        self.device = torch.device(device)
+        self.rows = _axis_plan(self.in_size, self.out_hw[0], self.device)
+        self.cols = _axis_plan(self.in_size, self.out_hw[1], self.device)
+        self._occupied = (self.rows.cell_count[:, None] > 0) & (self.cols.cell_count[None, :] > 0)
+        self._row_identity = self.in_size == self.out_hw[0]
+        self._col_identity = self.in_size == self.out_hw[1]
+
+    def stats(self, logits: torch.Tensor, thresholds: list[float], box_threshold: float) -> UpsampledStats:
+        """Pixel counts above each threshold and the box above `box_threshold`.
+
+        Args:
+            logits: (N, in, in) float32 on the plan's device.
+            thresholds: values t; counts[:, k] is the number of output pixels > thresholds[k].
+            box_threshold: must be one of `thresholds`.
+        """
+        if logits.shape[0] > _MASK_CHUNK:  # bound the (N, in, in) temporaries
+            parts = [self.stats(logits[i : i + _MASK_CHUNK], thresholds, box_threshold)
+                     for i in range(0, logits.shape[0], _MASK_CHUNK)]
+            return UpsampledStats(torch.cat([p.counts for p in parts]), torch.cat([p.boxes_xyxy for p in parts]))
+        x = logits.float()
+        rows, cols = self.rows, self.cols
+        distinct = sorted(set(thresholds))  # a zero stability offset repeats the mask threshold
+        sures, straddling = self._classify(x, distinct)
+        counts = torch.zeros(x.shape[0], len(distinct), dtype=torch.int64, device=x.device)
+        for k, sure in enumerate(sures):
+            # Sure cells count whole blocks: block widths summed along rows, then block heights
+            # (float64 sums of small integers are exact, also where float32 matmuls use TF32).
+            per_row = sure.double() @ cols.cell_count.double()
+            counts[:, k] = (per_row @ rows.cell_count.double()).round().long()
+            for part in straddling:
+                counts[:, k].index_add_(0, part.mask, part.above[:, k].sum(dim=(1, 2)))
+        box_k = distinct.index(box_threshold)
+        boxes = self._boxes(sures[box_k], [(part, part.above[:, box_k]) for part in straddling])
+        order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
+        return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
+
+    def windows(self, logits: torch.Tensor, boxes_xyxy: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Upsampled masks (value > threshold) inside each box, top-left aligned and False-padded.
+
+        Args:
+            logits: (N, in, in) float32 on the plan's device.
+            boxes_xyxy: (N, 4) int64 inclusive boxes in the output frame, covering every set pixel.
+        Returns:
+            (N, max box height, max box width) bool.
+        """
+        x = logits.float()
+        rows, cols = self.rows, self.cols
+        left, top, right, bottom = boxes_xyxy.unbind(dim=1)
+        win_h, win_w = int((bottom - top).max()) + 1, int((right - left).max()) + 1
+        r = top[:, None] + torch.arange(win_h, device=x.device)[None, :]
+        c = left[:, None] + torch.arange(win_w, device=x.device)[None, :]
+        inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
+        r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
+        (sure,), straddling = self._classify(x, [threshold])
+        n_index = torch.arange(x.shape[0], device=x.device)[:, None, None]
+        window = sure[n_index, rows.index0[r][:, :, None], cols.index0[c][:, None, :]]
+        for part in straddling:
+            above = part.above[:, 0]
+            out_r = rows.block_index[part.row][:, :, None] - top[part.mask][:, None, None]
+            out_c = cols.block_index[part.col][:, None, :] - left[part.mask][:, None, None]
+            out_r, out_c = out_r.expand(above.shape), out_c.expand(above.shape)
+            fits = (out_r >= 0) & (out_r < win_h) & (out_c >= 0) & (out_c < win_w)
+            fits &= rows.block_valid[part.row][:, :, None] & cols.block_valid[part.col][:, None, :]
+            owner = part.mask[:, None, None].expand(above.shape)
+            window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
+        return window & inside
+
+    def _classify(self, x: torch.Tensor, thresholds: list[float]) -> tuple[list[torch.Tensor], list[_Straddling]]:
+        """Per threshold, the cells surely above it (N, in, in) bool; and the cells evaluated exactly.
+
+        A blend of sources that are all > t + margin is > t, and of sources all <= t - margin is <= t:
+        rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
+        covers. A cell that is not sure for every threshold straddles: its pixels are computed once
+        and compared with all thresholds, and it is left out of every sure map.
+        """
+        sures, straddle = [], None
+        for threshold in thresholds:
+            margin = 1e-5 * abs(threshold) + 1e-6
+            sure = self._all_in_cell(x > threshold + margin) & self._occupied
+            maybe = self._any_in_cell(x > threshold - margin) & self._occupied & ~sure
+            straddle = maybe if straddle is None else straddle | maybe
+            sures.append(sure)
+        sures = [sure & ~straddle for sure in sures]
+        mask, row, col = straddle.nonzero(as_tuple=True)
+        parts = []
+        for start in range(0, len(mask), _CELL_CHUNK):
+            part = slice(start, start + _CELL_CHUNK)
+            n, i, j = mask[part], row[part], col[part]
+            values, valid = self._cell_values(x, n, i, j)
+            above = torch.stack([(values > threshold) & valid for threshold in thresholds], dim=1)
+            parts.append(_Straddling(n, i, j, above))
+        return sures, parts
+
+    def _all_in_cell(self, above: torch.Tensor) -> torch.Tensor:
+        """(N, in, in) bool: all of each cell's 2x2 sources are set (source rows/cols i and i+1)."""
+        out = above.clone()
+        if not self._row_identity:
+            out[:, :-1, :] &= above[:, 1:, :]
+        if not self._col_identity:
+            out[:, :, :-1] &= out[:, :, 1:].clone()
+        return out
+
+    def _any_in_cell(self, above: torch.Tensor) -> torch.Tensor:
+        """(N, in, in) bool: any of each cell's 2x2 sources is set."""
+        out = above.clone()
+        if not self._row_identity:
+            out[:, :-1, :] |= above[:, 1:, :]
+        if not self._col_identity:
+            out[:, :, :-1] |= out[:, :, 1:].clone()
+        return out
+
+    def _boxes(self, sure: torch.Tensor, straddling: list[tuple[_Straddling, torch.Tensor]]) -> torch.Tensor:
+        """(N, 4) inclusive XYXY of the set pixels; zeros for empty masks (the official convention).
+
+        `straddling` pairs each part with its (K, block_h, block_w) above-threshold pixels.
+        """
+        top, bottom, left, right = self._sure_box(sure)
+        for part, above in straddling:
+            self._merge_straddling_box(part, above, (top, bottom, left, right))
+        empty = (top > bottom) | (left > right)
+        boxes = torch.stack([left, top, right, bottom], dim=1)
+        return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
+
+    def _sure_box(self, sure: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inclusive pixel extent (top, bottom, left, right) of the sure cells; empty as top > bottom."""
+        rows, cols = self.rows, self.cols
+        out_h, out_w = self.out_hw
+        cells = torch.arange(self.in_size, device=sure.device)
+        row_has, col_has = sure.any(dim=2), sure.any(dim=1)  # (N, in)
+        first_row = torch.where(row_has, cells, self.in_size - 1).amin(dim=1)
+        last_row = torch.where(row_has, cells, 0).amax(dim=1)
+        first_col = torch.where(col_has, cells, self.in_size - 1).amin(dim=1)
+        last_col = torch.where(col_has, cells, 0).amax(dim=1)
+        has = row_has.any(dim=1)
+        top = torch.where(has, rows.cell_start[first_row], out_h)
+        bottom = torch.where(has, rows.cell_start[last_row] + rows.cell_count[last_row] - 1, -1)
+        left = torch.where(has, cols.cell_start[first_col], out_w)
+        right = torch.where(has, cols.cell_start[last_col] + cols.cell_count[last_col] - 1, -1)
+        return top, bottom, left, right
+
+    def _cell_values(
+        self, x: torch.Tensor, ni: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, block_h, block_w) upsampled values of K cells, and which entries are real pixels."""
+        rows, cols = self.rows, self.cols
+        i2, j2 = rows.cell_next[ii], cols.cell_next[jj]
+        a, b = x[ni, ii, jj][:, None], x[ni, ii, j2][:, None]
+        c, d = x[ni, i2, jj][:, None], x[ni, i2, j2][:, None]
+        row_index, col_index = rows.block_index[ii], cols.block_index[jj]
+        wx0, wx1 = cols.weight0[col_index], cols.weight1[col_index]  # (K, block_w)
+        wy0, wy1 = rows.weight0[row_index][:, :, None], rows.weight1[row_index][:, :, None]
+        upper, lower = _blend(a, wx0, b, wx1), _blend(c, wx0, d, wx1)
+        values = _blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
+        valid = rows.block_valid[ii][:, :, None] & cols.block_valid[jj][:, None, :]
+        return values, valid
+
+    def _merge_straddling_box(self, part: _Straddling, above: torch.Tensor, box: tuple[torch.Tensor, ...]) -> None:
+        """Widen (top, bottom, left, right) in place by the set pixels of straddling cells."""
+        top, bottom, left, right = box
+        out_h, out_w = self.out_hw
+        row_index, col_index = self.rows.block_index[part.row], self.cols.block_index[part.col]
+        row_has, col_has = above.any(dim=2), above.any(dim=1)  # (K, block_h), (K, block_w)
+        top.scatter_reduce_(0, part.mask, torch.where(row_has, row_index, out_h).amin(dim=1), reduce="amin")
+        bottom.scatter_reduce_(0, part.mask, torch.where(row_has, row_index, -1).amax(dim=1), reduce="amax")
+        left.scatter_reduce_(0, part.mask, torch.where(col_has, col_index, out_w).amin(dim=1), reduce="amin")
+        right.scatter_reduce_(0, part.mask, torch.where(col_has, col_index, -1).amax(dim=1), reduce="amax")
