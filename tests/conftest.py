@@ -6,14 +6,20 @@ They are cached for the whole session in a temporary directory.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__import__("os").environ.get("SEGANY_SHARED", REPO.parent / "shared"))
+SHARED = Path(os.environ.get("SEGANY_SHARED", REPO.parent / "shared"))
+
+# Servers started by tests (in-process or as subprocesses) keep their job database and files here,
+# never in the user's ~/.local/share/segany.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="segany-tests-")
 FIXTURES = SHARED / "fixtures"
 GOLDENS = FIXTURES / "goldens"
 IMAGES = FIXTURES / "images"

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 import segany
 from segany.errors import SeganyError
-from segany.server import health, openapi, webpage
+from segany.server import health, jobs_wiring, openapi, webpage
 from segany.server.dialects import huggingface, livepeer, native, render_error, roboflow
 from segany.server.dialects.auto_params import parse_auto_defaults
 from segany.server.dialects.native_labelled import RecentImages
@@ -79,4 +79,5 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_keys=settings.api_keys,
                        metrics=engine.metrics, render_error=render_error)
     openapi.install(app)
+    jobs_wiring.install(app, settings)  # Replicate, Cog and Segmind routes on the job store
     return app

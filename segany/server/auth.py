@@ -18,8 +18,9 @@ from segany.server.errors import Unauthorized
 # describe the API without revealing any data, and the docs page cannot attach a key to its own fetch.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
-# The web page's own files hold no data; the page asks the user for a key and sends it with its API calls.
-PUBLIC_PAGE_PREFIXES = ("/static/",)
+# GET-only public prefixes: the web page's own files hold no data (the page asks the user for a key and sends
+# it with its API calls), and output files live under unguessable names, like Replicate's delivery URLs.
+PUBLIC_PAGE_PREFIXES = ("/static/", "/files/")
 
 # Routes whose clients send the key inside the JSON body.
 BODY_KEY_PREFIXES = ("/sam2/",)

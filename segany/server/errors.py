@@ -23,6 +23,9 @@ from segany.errors import (
     ModelNotFound,
     SeganyError,
 )
+from segany.server.jobs import JobConflict, JobNotFound
+from segany.server.quotas import QuotaExceeded
+from segany.server.storage import StoredFileNotFound
 
 log = logging.getLogger("segany.server")
 
@@ -75,6 +78,10 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (InvalidInput, 400, "invalid_input"),
     (ValidationError, 422, "validation_error"),
     (ModelNotFound, 404, "model_not_found"),
+    (QuotaExceeded, 406, "not_enough_credits"),  # Segmind's status for an exhausted key
+    (JobNotFound, 404, "not_found"),
+    (StoredFileNotFound, 404, "not_found"),
+    (JobConflict, 409, "conflict"),
     # A checkpoint that fails to load makes that model unavailable: the client named it, so 4xx.
     (CheckpointError, 404, "model_unavailable"),
     (MissingExtra, 501, "missing_extra"),
@@ -124,4 +131,6 @@ def describe(exc: BaseException) -> ErrorInfo:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, ServerBusy):
         headers["Retry-After"] = str(max(1, int(exc.retry_after_s)))
+    if isinstance(exc, QuotaExceeded):
+        headers["x-remaining-credits"] = str(exc.remaining)
     return ErrorInfo(status, code, message, field_name, headers)

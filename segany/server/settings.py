@@ -57,6 +57,18 @@ class ServerSettings:
     max_auto_points: int = _opt(32768, "largest number of AMG points (grid points over all crops)")
     text_model: str = _opt("IDEA-Research/grounding-dino-tiny",
                            "open-vocabulary detector for text prompts (Hugging Face id or local folder; needs segany[text])")
+    data_dir: str | None = _opt(None, "folder of the job database and output files (default: a per-user data folder, "
+                                "e.g. ~/.local/share/segany)")
+    job_ttl_s: float = _opt(86400.0, "finished jobs, their files and uploads are deleted this long after")
+    job_recovery: str = _opt("retry", "jobs left unfinished by a stopped server: 'retry' runs them again, "
+                             "'fail' fails them with a reason")
+    job_max_attempts: int = _opt(2, "runs a job may get across restarts")
+    job_workers: int = _opt(2, "prediction jobs running at once")
+    job_timeout_s: float = _opt(900.0, "time limit of one inference step of a job")
+    webhook_allow_private: bool = _opt(False, "allow webhook targets on loopback/private networks")
+    webhook_signing_secret: str | None = _opt(None, "whsec_... key webhooks are signed with (default: generated, "
+                                              "kept in the data dir)")
+    public_url: str | None = _opt(None, "base URL for file and status links (default: the request's)")
     auto_defaults: str | None = _opt(
         None, 'JSON object of MaskGenerator defaults for /v1/auto and Hugging Face, e.g. {"points_per_side": 16}'
     )

@@ -114,9 +114,9 @@ def run_server(settings: ServerSettings, loader: Callable[..., Any]) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def base_settings(tiny_checkpoint: Path) -> ServerSettings:
+def base_settings(tiny_checkpoint: Path, tmp_path_factory) -> ServerSettings:
     return ServerSettings(checkpoint=str(tiny_checkpoint), device="cpu", dtype="float32", auto_defaults=FAST_AUTO,
-                          max_queue=64)
+                          max_queue=64, data_dir=str(tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture(scope="session")

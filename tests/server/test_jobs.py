@@ -14,18 +14,9 @@ from pathlib import Path
 import pytest
 
 from segany.errors import InvalidInput
-from segany.server.jobs import (
-    Database,
-    Job,
-    JobConflict,
-    JobContext,
-    JobNotFound,
-    JobRunner,
-    JobStatus,
-    JobStore,
-    iso8601,
-    purge_expired,
-)
+from segany.server.db import Database
+from segany.server.jobs import Job, JobConflict, JobNotFound, JobStatus, JobStore, iso8601
+from segany.server.runner import JobContext, JobRunner, purge_expired
 from segany.server.storage import LocalStorage, StoredFileNotFound
 
 REPO = Path(__file__).resolve().parents[2]
@@ -258,7 +249,8 @@ def test_recover_finishes_a_requested_cancel(db_path: Path) -> None:
 _CHILD = """
 import sys, time
 from pathlib import Path
-from segany.server.jobs import JobRunner, JobStore
+from segany.server.jobs import JobStore
+from segany.server.runner import JobRunner
 
 def handler(job, context):
     context.log("started")
@@ -465,3 +457,13 @@ def test_runner_workers_run_in_parallel(store: JobStore, run_with) -> None:
     runner = run_with(lambda job, context: together.wait(), workers=3)
     jobs = [runner.submit(kind="native", model="m", input={"i": i})[0] for i in range(3)]
     assert {runner.wait(job.id, 30).status for job in jobs} == {JobStatus.SUCCEEDED}
+
+
+def test_runner_names_are_still_importable_from_jobs() -> None:
+    import segany.server.jobs as jobs
+    import segany.server.runner as runner
+
+    assert (jobs.JobRunner, jobs.JobContext, jobs.purge_expired) == (
+        runner.JobRunner, runner.JobContext, runner.purge_expired)
+    with pytest.raises(AttributeError):
+        jobs.NoSuchThing  # noqa: B018

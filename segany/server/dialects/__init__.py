@@ -8,8 +8,12 @@ from segany.server.errors import ErrorInfo
 
 def render_error(path: str, info: ErrorInfo) -> JSONResponse:
     """Render `info` in the error shape of the dialect that serves `path` (native by default)."""
-    from segany.server.dialects import huggingface, livepeer, native, roboflow
+    from segany.server.dialects import cog, huggingface, livepeer, native, replicate, roboflow, segmind
 
+    # Replicate and Segmind share the /v1/ prefix with the native API: check them first.
+    for dialect in (replicate, segmind, cog):
+        if path.startswith(dialect.PATH_PREFIXES):
+            return dialect.error_response(info)
     if path.startswith(livepeer.PATH_PREFIXES):
         return livepeer.error_response(info)
     if path.startswith(roboflow.PATH_PREFIXES):
