@@ -17,6 +17,13 @@ class DecoderOutput:
     object_score_logits: torch.Tensor  # (B, 1); > 0 means "an object is present"
 
 
+def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` in `like`'s memory format (channels-last or contiguous)."""
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous()
+
+
 class MaskDecoder(nn.Module):
     """Parameter names follow `sam_mask_decoder.` in the official checkpoints.
 
@@ -90,19 +97,23 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 1, :]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
 
+        # Image tokens as a channels-last map (a view, no copy); the upscaling stays channels-last, the
+        # layout oneDNN's transposed convolutions prefer.
         src = keys.transpose(1, 2).reshape(b, c, h, w)
         dc1, ln1, act1, dc2, act2 = self.output_upscaling
         feat_s0, feat_s1 = high_res_feats
-        # In-place adds: these are the largest per-prompt tensors (64 x 128^2 and 32 x 256^2 each).
+        # In-place adds on the largest per-prompt tensors (64 x 128^2 and 32 x 256^2 each); the per-image
+        # features are put in the same memory layout first, or the broadcast add takes a slow strided path.
         upscaled = dc1(src)
-        upscaled += feat_s1
+        upscaled += _same_layout(feat_s1, upscaled)
         upscaled = dc2(act1(ln1(upscaled)))
-        upscaled += feat_s0
+        upscaled += _same_layout(feat_s0, upscaled)
         upscaled = act2(upscaled)
 
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
         _, uc, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw).float()
+        pixels = upscaled.permute(0, 2, 3, 1).reshape(b, uh * uw, uc)  # a view when channels-last
+        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, uh, uw).float()
         iou = self.iou_prediction_head(iou_token_out).float()
         object_score = self.pred_obj_score_head(hs[:, 0, :]).float()
 

@@ -36,6 +36,36 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
 
+    def image_to_tokens(self, image: torch.Tensor, tokens_k: torch.Tensor, tokens_v: torch.Tensor) -> torch.Tensor:
+        """`forward(image, tokens_k, tokens_v)` for many queries (HW image tokens) over a few keys (T prompt tokens).
+
+        image (B or 1, HW, C); tokens (B, T, C). The same result, reassociated so that no (B, HW, internal)
+        query or head-output tensor exists: the query projection is folded into the keys and the output
+        projection into the values, leaving two (HW x C) by (C x heads*T) products per prompt. Generic
+        attention kernels handle a key length of ~7 poorly; these are plain matrix products.
+        """
+        b, t, _ = tokens_k.shape
+        heads = self.num_heads
+        internal = self.q_proj.out_features
+        d = internal // heads
+        scale = d**-0.5
+        k = self.k_proj(tokens_k).view(b, t, heads, d)
+        v = self.v_proj(tokens_v).view(b, t, heads, d)
+        w_q = self.q_proj.weight.view(heads, d, -1)  # (heads, d, C)
+        # scores[n, (h, t)] = (image[n] @ W_q_h^T + b_q_h) . k[t, h] * scale
+        fold_q = torch.einsum("hdc,bthd->bcht", w_q, k).reshape(b, -1, heads * t) * scale
+        bias_q = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(heads, d), k).reshape(b, 1, heads * t) * scale
+        if image.shape[0] == b:
+            scores = torch.baddbmm(bias_q, image, fold_q)
+        else:  # one image for every prompt: a single (HW x C) @ (C x B*heads*T) product
+            n, c = image.shape[1], image.shape[2]
+            scores = (image[0] @ fold_q.transpose(0, 1).reshape(c, -1)).view(n, b, -1).transpose(0, 1) + bias_q
+        probs = scores.view(b, -1, heads, t).softmax(dim=-1).view(b, -1, heads * t)
+        # out[n] = sum_h probs_h[n] @ v_h @ W_out_h^T + b_out
+        w_out = self.out_proj.weight.view(-1, heads, d)  # (C, heads, d)
+        fold_v = torch.einsum("bthd,chd->bhtc", v, w_out).reshape(b, heads * t, -1)
+        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1).to(probs.dtype), probs, fold_v)
+
 
 class TwoWayAttentionBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool) -> None:
@@ -68,12 +98,7 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm2(queries)
         queries = self.norm3(queries + self.mlp(queries))
 
-        ia = self.cross_attn_image_to_token
-        q_img = ia.q_proj(keys_pe)
-        k_tok, v_tok = ia.k_proj(queries + query_pe), ia.v_proj(queries)
-        if q_img.shape[0] != k_tok.shape[0]:
-            q_img = q_img.expand(k_tok.shape[0], -1, -1)
-        keys = self.norm4(keys + ia.attend(q_img, k_tok, v_tok))
+        keys = self.norm4(keys + self.cross_attn_image_to_token.image_to_tokens(keys_pe, queries + query_pe, queries))
         return queries, keys
 
 
