@@ -9,30 +9,35 @@
 from __future__ import annotations
 
 from .errors import CheckpointError, InvalidImage, InvalidInput, InvalidPrompt, ModelNotFound, SeganyError
-from .model import SAM2ImageModel, list_variants, load_model
-from .predict.predictor import Predictor
-from .predict.types import ImageEmbedding, Prediction
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "ImageEmbedding", "InvalidImage", "InvalidInput", "InvalidPrompt", "ModelNotFound",
-    "Prediction", "Predictor", "SAM2ImageModel", "SeganyError", "list_variants", "load_model",
+    "CheckpointError", "ImageEmbedding", "InvalidImage", "InvalidInput", "InvalidPrompt", "MaskGenerator",
+    "ModelNotFound", "Prediction", "Predictor", "SAM2ImageModel", "SeganyError", "TextGrounder", "list_variants",
+    "load_model", "segment_detections",
 ]
+
+# Everything that needs torch imports on first use, so `import segany` (and `segany --help`) stays fast.
+_LAZY = {
+    "load_model": ("segany.model", "load_model"),
+    "list_variants": ("segany.model", "list_variants"),
+    "SAM2ImageModel": ("segany.model", "SAM2ImageModel"),
+    "Predictor": ("segany.predict.predictor", "Predictor"),
+    "ImageEmbedding": ("segany.predict.types", "ImageEmbedding"),
+    "Prediction": ("segany.predict.types", "Prediction"),
+    "MaskGenerator": ("segany.predict.amg", "MaskGenerator"),
+    "TextGrounder": ("segany.predict.grounding", "TextGrounder"),
+    "segment_detections": ("segany.predict.detections", "segment_detections"),
+}
 
 
 def __getattr__(name: str):
-    # Heavier or optional parts import on first use so `import segany` stays light.
-    if name == "MaskGenerator":
-        from .predict.amg import MaskGenerator
+    if name in _LAZY:
+        import importlib
 
-        return MaskGenerator
-    if name == "TextGrounder":
-        from .predict.grounding import TextGrounder
-
-        return TextGrounder
-    if name == "segment_detections":
-        from .predict.detections import segment_detections
-
-        return segment_detections
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'segany' has no attribute {name!r}")

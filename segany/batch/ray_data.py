@@ -1,0 +1,159 @@
+"""`segany batch --ray`: the batch run on a Ray cluster with Ray Data (optional extra `segany[ray]`).
+
+Images are read and decoded by Ray tasks (one image per block, so they spread over the cluster); a fixed
+pool of actors, each holding one model (one per GPU, or per group of CPUs), labels them with the same
+`ImageAnnotator` as a local run. Rows come back to this process in input order (`preserve_order`), where the
+COCO writer records them exactly as a local run would.
+
+Every node needs segany (and its model weights: `--checkpoint` paths must exist on every node, or the
+weights must be in each node's Hugging Face cache).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from segany.batch.annotate import AnnotatorConfig, BoxPrompt
+from segany.batch.inputs import ImageItem
+from segany.batch.runner import ImageResult, RayOptions, annotate_decoded, decode_for_batch
+from segany.errors import InvalidInput, MissingExtra
+
+DECODE_CPUS = 0.1  # decoding is short and mostly I/O; a small reservation lets it run beside busy actors
+CPUS_PER_CPU_WORKER = 4  # default grain of a CPU worker when the worker count is not given
+
+
+def import_ray(local_instance: bool = False) -> Any:
+    """The ray module, or MissingExtra naming `segany[ray]`.
+
+    With `local_instance`, a Ray instance started by this process will listen on 127.0.0.1 only: a throwaway
+    single-machine instance has no reason to be reachable from the network. Ray reads that choice when it is
+    first imported, so this must run before anything else imports ray.
+    """
+    if local_instance:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Data library is a separate part of the ray package)
+    except ImportError as exc:
+        raise MissingExtra("ray", "ray[data,serve]", "Running on Ray") from exc
+    return ray
+
+
+def connect(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
+    """Join the cluster at `address` ("auto": the one this machine belongs to), or start a private local
+    instance listening on 127.0.0.1 only. Returns True when this call started Ray (and should stop it)."""
+    ray = import_ray(local_instance=address is None)
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": verbose, "include_dashboard": False}
+    if address is None:
+        ray.init(num_cpus=num_cpus, **options)
+    else:
+        options.pop("include_dashboard")
+        ray.init(address=address, **options)
+    return True
+
+
+def plan_workers(options: RayOptions, config: AnnotatorConfig, resources: dict[str, float]) -> tuple[int, float, float]:
+    """(workers, CPUs per worker, GPUs per worker) for the cluster's `resources` (ray.cluster_resources())."""
+    total_cpus = float(resources.get("CPU", 1.0))
+    total_gpus = float(resources.get("GPU", 0.0))
+    wants_gpu = (config.device or "").startswith("cuda") or (config.device is None and total_gpus > 0)
+    gpus = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if wants_gpu else 0.0)
+    if gpus > 0 and total_gpus < gpus:
+        raise InvalidInput(f"each worker wants {gpus} GPU but the cluster has {total_gpus:g}", "ray_gpus_per_worker")
+    if options.workers is not None:
+        workers = options.workers
+    elif gpus > 0:
+        workers = max(1, int(total_gpus // gpus))
+    else:
+        workers = max(1, int(total_cpus // CPUS_PER_CPU_WORKER))
+    if workers < 1:
+        raise InvalidInput(f"ray workers must be at least 1, got {workers}", "ray_workers")
+    cpus = options.cpus_per_worker if options.cpus_per_worker is not None else _cpu_share(total_cpus, workers, gpus)
+    if cpus * workers + DECODE_CPUS > total_cpus:
+        raise InvalidInput(f"{workers} workers x {cpus:g} CPUs leave no CPU for decoding on a cluster of "
+                           f"{total_cpus:g} CPUs", "ray_cpus_per_worker")
+    return workers, float(cpus), float(gpus)
+
+
+def _cpu_share(total_cpus: float, workers: int, gpus: float) -> float:
+    if gpus > 0:
+        return 1.0
+    share = (total_cpus - 2 * DECODE_CPUS) / workers
+    if share >= 2:
+        return float(int(share))  # Ray takes fractions only below 1
+    return max(0.1, min(1.0, round(share - 0.005, 2)))
+
+
+def _decode_row(row: dict[str, Any], max_pixels: int | None) -> dict[str, Any]:
+    rgb, error = decode_for_batch(row["path"], max_pixels)
+    height, width = (0, 0) if rgb is None else rgb.shape[:2]
+    # Raw bytes keep the row schema the same for every image (tensor columns would differ in shape).
+    pixels = b"" if rgb is None else rgb.tobytes()
+    return {"index": row["index"], "boxes": row["boxes"], "height": height, "width": width, "pixels": pixels,
+            "error": error or ""}
+
+
+class _AnnotateRows:
+    """A Ray Data actor: builds the model once, then labels one decoded row at a time."""
+
+    def __init__(self, config: AnnotatorConfig) -> None:
+        from segany.batch.annotate import ImageAnnotator
+
+        self.annotator = ImageAnnotator(config)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        rgb = None
+        if not row["error"]:
+            rgb = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(int(row["height"]), int(row["width"]), 3)
+        boxes = [BoxPrompt(tuple(b["box_xyxy"]), b["label"], b["score"]) for b in json.loads(row["boxes"])]
+        item = ImageItem("", "")
+        _, size_hw, outcome = annotate_decoded(self.annotator, item, rgb, row["error"] or None, lambda _: boxes)
+        if size_hw is None:
+            return {"index": row["index"], "height": 0, "width": 0, "error": str(outcome), "records": ""}
+        return {"index": row["index"], "height": size_hw[0], "width": size_hw[1], "error": "",
+                "records": json.dumps(outcome)}
+
+
+def ray_results(
+    items: Sequence[ImageItem], config: AnnotatorConfig, boxes_of: Callable[[ImageItem], list[BoxPrompt]],
+    options: RayOptions, max_pixels: int | None, verbose: bool = False,
+) -> Iterator[ImageResult]:
+    """Label `items` on Ray; yields the same (item, size_hw, records | error) tuples as a local run, in order."""
+    ray = import_ray(local_instance=options.address is None)
+    started_here = connect(options.address, options.num_cpus, verbose)
+    try:
+        from ray.data import ActorPoolStrategy, DataContext
+
+        workers, cpus, gpus = plan_workers(options, config, ray.cluster_resources())
+        if config.threads is None and gpus == 0:
+            config = dataclasses.replace(config, threads=max(1, int(round(cpus))))
+        context = DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False  # segany draws its own bar
+        context.print_on_execution_start = False
+        if not verbose:  # Ray Data's notes (e.g. "progress bars disabled") would cut through segany's bar
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        rows = [{"index": i, "path": item.path, "boxes": json.dumps([dataclasses.asdict(b) for b in boxes_of(item)])}
+                for i, item in enumerate(items)]
+        dataset = (
+            ray.data.from_items(rows, override_num_blocks=len(rows))
+            .map(_decode_row, fn_kwargs={"max_pixels": max_pixels}, num_cpus=DECODE_CPUS)
+            .map(_AnnotateRows, fn_constructor_kwargs={"config": config}, compute=ActorPoolStrategy(size=workers),
+                 num_cpus=cpus, num_gpus=gpus)
+        )
+        for row in dataset.iter_rows():
+            item = items[int(row["index"])]
+            if row["error"]:
+                yield item, None, str(row["error"])
+            else:
+                yield item, (int(row["height"]), int(row["width"])), json.loads(row["records"])
+    finally:
+        if started_here:
+            ray.shutdown()
