@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SEGANY_SHARED", REPO.parent / "shared"))
+from fixture_paths import CHECKPOINT_TOOL, IMAGES
 
 # Servers started by tests (in-process or as subprocesses) keep their job database and files here,
 # never in the user's ~/.local/share/segany.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="segany-tests-")
-FIXTURES = SHARED / "fixtures"
-GOLDENS = FIXTURES / "goldens"
-IMAGES = FIXTURES / "images"
-CHECKPOINT_TOOL = SHARED / "tools" / "random_sam2_checkpoint.py"
 
 
 def write_random_checkpoint(variant: str, out: Path) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import GOLDENS, IMAGES
+from fixture_paths import GOLDENS, IMAGES
 
 
 def manifest() -> dict:

@@ -13,17 +13,13 @@ from typing import Any
 
 import pytest
 
-from web_support import CHROMIUM, CHROMIUM_ARGS, PageVisit, WebServer, start_web_server
+from web_support import CHROMIUM, CHROMIUM_ARGS, PageVisit, WebServer, web_server_running
 
 
 @pytest.fixture(scope="session")
 def web_server(tiny_checkpoint: Path) -> Iterator[WebServer]:
-    live, server, thread = start_web_server(tiny_checkpoint)
-    try:
+    with web_server_running(tiny_checkpoint) as live:
         yield live
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")

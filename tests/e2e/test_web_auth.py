@@ -8,22 +8,16 @@ from typing import Any
 import httpx
 import pytest
 
-from web_support import IMAGES, WebServer, start_web_server
+from web_support import IMAGES, WebServer, web_server_running
 
 KEY = "web-page-secret"
 
 
 @pytest.fixture(scope="module")
 def keyed_server(browser: Any, tiny_checkpoint: Path) -> Iterator[WebServer]:
-    live, server, thread = start_web_server(tiny_checkpoint, api_keys=(KEY,))
-    try:
-        if httpx.get(live.url + "/static/app.js", timeout=30).status_code == 401:
-            pytest.skip("the page's own files need an API key here: segany.server.auth does not serve GET / and "
-                        "/static/ publicly yet")
+    with web_server_running(tiny_checkpoint, api_keys=(KEY,)) as live:
+        assert httpx.get(live.url + "/static/app.js", timeout=30).status_code == 200, "page files are public"
         yield live
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_page_asks_for_a_key_and_sends_it(browser: Any, keyed_server: WebServer) -> None:

@@ -5,14 +5,14 @@ Imported by name (`import web_support`): pytest puts this folder on sys.path for
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+
+from live_server import free_port, serve_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SEGANY_SHARED", REPO.parent / "shared"))
@@ -32,40 +32,18 @@ class WebServer:
     app: Any
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_web_server(checkpoint: Path, **settings_changes: Any) -> tuple[WebServer, Any, threading.Thread]:
-    """Serve `create_app(...)` plus the page router with uvicorn in a thread; returns once /readyz is 200."""
-    import uvicorn
-
-    from segany.server import webpage
+@contextmanager
+def web_server_running(checkpoint: Path, **settings_changes: Any) -> Iterator[WebServer]:
+    """Serve `create_app(...)` (page included) with uvicorn in a thread until the block exits."""
     from segany.server.app import create_app
     from segany.server.settings import ServerSettings
 
     fields = {"checkpoint": str(checkpoint), "device": "cpu", "dtype": "float32", "auto_defaults": FAST_AUTO,
-              "host": "127.0.0.1", "port": _free_port(), **settings_changes}
+              "host": "127.0.0.1", "port": free_port(), **settings_changes}
     settings = ServerSettings(**fields)
     app = create_app(settings)
-    if not any(getattr(route, "path", None) == "/web/capabilities" for route in app.routes):
-        app.include_router(webpage.router)  # until app.py lists the page router itself
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 300
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the web test server did not start")
-        time.sleep(0.02)
-    while httpx.get(f"{url}/readyz", timeout=30).status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the web test server's model did not load")
-        time.sleep(0.1)
-    return WebServer(url, app), server, thread
+    with serve_in_thread(app, settings.port) as url:
+        yield WebServer(url, app)
 
 
 @dataclass

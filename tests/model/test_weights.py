@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import segany
-from conftest import FIXTURES
+from fixture_paths import FIXTURES
 from segany.errors import CheckpointError, ModelNotFound
 from segany.model.weights import VIDEO_ONLY_PREFIXES, map_official_keys, read_checkpoint
 

@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import segany
-from conftest import GOLDENS, IMAGES, SHARED
+from fixture_paths import GOLDENS, IMAGES, SHARED
 from segany.errors import InvalidImage, InvalidInput
 from segany.io.rle import coco_decode, rle_to_mask
 from segany.predict.amg import MaskGenerator

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import segany
-from conftest import GOLDENS
+from fixture_paths import GOLDENS
 from golden_cases import case_kwargs, golden_masks, image_path, manifest
 
 IOU_ATOL = 1e-3  # tolerances stated in ../shared/fixtures/README.md

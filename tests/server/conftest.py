@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from live_server import free_port, serve_in_thread
 import pytest
 import torch
 
@@ -56,12 +56,6 @@ class LiveServer:
         return {"Authorization": f"Bearer {keys[0]}"} if keys else {}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def shared_loader() -> Callable[..., Any]:
     """`segany.load_model`, memoised per (variant, checkpoint) for the session."""
@@ -81,36 +75,16 @@ def shared_loader() -> Callable[..., Any]:
 @contextmanager
 def run_server(settings: ServerSettings, loader: Callable[..., Any]) -> Iterator[LiveServer]:
     """Serve `create_app(settings)` with uvicorn until the block exits; waits for /readyz when preloading."""
-    import uvicorn
-
     loads: list[str] = []
 
     def counting_loader(name: str, **kwargs: Any) -> Any:
         loads.append(name)
         return loader(name, **kwargs)
 
-    settings = settings.with_(host="127.0.0.1", port=_free_port())
+    settings = settings.with_(host="127.0.0.1", port=free_port())
     app = create_app(settings, loader=counting_loader)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    live = LiveServer(url, settings, app.state.engine, loads)
-    while settings.preload and httpx.get(f"{url}/readyz", timeout=30).status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server's model did not load")
-        time.sleep(0.05)
-    try:
-        yield live
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_thread(app, settings.port, wait_ready=settings.preload, timeout_s=120) as url:
+        yield LiveServer(url, settings, app.state.engine, loads)
 
 
 @pytest.fixture(scope="session")

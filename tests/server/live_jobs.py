@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from live_server import free_port, serve_in_thread
 
 from segany.server.app import create_app
 from segany.server.jobs_wiring import JobSettings, install
@@ -54,12 +54,6 @@ class JobServer:
         return self.app.state.job_services
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     """(certificate, key) for IP 127.0.0.1, made with the openssl command."""
     openssl = shutil.which("openssl")
@@ -74,34 +68,18 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def serve(settings: ServerSettings, loader: Callable[..., Any], job_settings: JobSettings) -> Iterator[JobServer]:
-    """A server in a thread until the block exits."""
-    import uvicorn
-
+    """A server over TLS in a thread until the block exits."""
     folder = Path(tempfile.mkdtemp(prefix="segany-tls-"))
     cert, key = self_signed_certificate(folder)
     tls = ssl.create_default_context(cafile=str(cert))
     settings = settings.with_(host="127.0.0.1", port=free_port())
     app = create_app(settings, loader=loader)
     install(app, settings, job_settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                           lifespan="on", ssl_certfile=str(cert), ssl_keyfile=str(key)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"https://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 180
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    while httpx.get(f"{url}/readyz", verify=tls, timeout=30).status_code != 200:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server's model did not load")
-        time.sleep(0.05)
     try:
-        yield JobServer(url, app, tls, cert, Path(job_settings.data_dir or ""))
+        with serve_in_thread(app, settings.port, timeout_s=180, ssl_certfile=str(cert), ssl_keyfile=str(key),
+                             verify=tls) as url:
+            yield JobServer(url, app, tls, cert, Path(job_settings.data_dir or ""))
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)
 
 
