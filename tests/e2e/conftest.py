@@ -22,9 +22,13 @@ def web_server(tiny_checkpoint: Path) -> Iterator[WebServer]:
         yield live
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium, or a clean skip naming what is missing."""
+    """Headless Chromium, or a clean skip naming what is missing.
+
+    Module scope, not session: Playwright's sync API runs an event loop on the main thread while it is
+    open, and tests collected after these call `asyncio.run` there.
+    """
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     try:
