@@ -10,9 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGANY_SHARED", REPO.parent / "shared"))
@@ -122,3 +127,48 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], decim
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], decimals: int = 2) -> None:
     print(format_table(headers, rows, decimals), flush=True)
+
+
+# ---- a segany server in its own process -------------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server_process(options: list[str], ready_timeout_s: float = 600) -> Iterator[ServerProcess]:
+    """`python -m segany.server OPTIONS` on 127.0.0.1 and a free port, until the block exits."""
+    port = free_port()
+    command = [sys.executable, "-m", "segany.server", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", *options]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with status {process.returncode}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.2)
+        yield ServerProcess(url, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -21,67 +21,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 
-from _common import IMAGES, print_table, random_checkpoint
+from _common import IMAGES, print_table, random_checkpoint, server_process
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class ServerProcess:
-    url: str
-    pid: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def server_process(options: list[str], ready_timeout_s: float = 600) -> Iterator[ServerProcess]:
-    """`python -m segany.server OPTIONS` on 127.0.0.1 and a free port, until the block exits."""
-    port = free_port()
-    command = [sys.executable, "-m", "segany.server", "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning", *options]
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.2)
-        yield ServerProcess(url, process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def peak_rss_mib(pid: int) -> float | None:

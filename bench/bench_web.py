@@ -15,75 +15,18 @@ The issue's aim: p50 <= 150 ms with tiny in bfloat16.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 from PIL import Image
 
-from _common import IMAGES, print_table, random_checkpoint
+from _common import IMAGES, print_table, random_checkpoint, server_process
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-# The server with the page router, whether or not app.py already lists it.
-_LAUNCH = """
-import json, sys, uvicorn
-from segany.server import webpage
-from segany.server.app import create_app
-from segany.server.settings import ServerSettings
-settings = ServerSettings(**json.loads(sys.argv[1]))
-app = create_app(settings)
-if not any(getattr(route, "path", None) == "/web/capabilities" for route in app.routes):
-    app.include_router(webpage.router)
-uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def page_server(settings: dict, ready_timeout_s: float = 600) -> Iterator[str]:
-    """A server process with the page on 127.0.0.1; yields its base URL once /readyz answers 200."""
-    settings = {**settings, "host": "127.0.0.1", "port": free_port()}
-    process = subprocess.Popen([sys.executable, "-c", _LAUNCH, json.dumps(settings)], cwd=REPO,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{settings['port']}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
 
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile, q in [0, 100]."""
@@ -136,10 +79,12 @@ def main() -> int:
         parser.error("--clicks must be at least 1")
 
     checkpoint = args.checkpoint or str(random_checkpoint("sam2.1_hiera_tiny"))
-    settings = {"model": "sam2.1_hiera_tiny", "checkpoint": checkpoint, "device": args.device, "dtype": args.dtype}
+    options = ["--model", "sam2.1_hiera_tiny", "--checkpoint", str(checkpoint)]
+    options += [f"--{name}={value}" for name, value in (("device", args.device), ("dtype", args.dtype)) if value]
     print(f"sam2.1_hiera_tiny {args.dtype} on {args.device}; image {args.image.name}; "
           f"{args.clicks} timed clicks after {args.warmup} warm-up", flush=True)
-    with page_server(settings) as url:
+    with server_process(options) as server:
+        url = server.url
         round_trips, server_decode, embed_ms = measure_clicks(url, args.image, args.clicks, args.warmup, args.chromium)
     rows = [
         ["click to mask (browser)", percentile(round_trips, 50), percentile(round_trips, 90), min(round_trips),

@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from _common import print_table, random_checkpoint
-from bench_server import encode_png, peak_rss_mib, server_process
+from _common import print_table, random_checkpoint, server_process
+from bench_server import encode_png, peak_rss_mib
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
