@@ -1,7 +1,7 @@
 """Stateless, thread-safe SAM 2 prompt predictor: embed an image once, decode prompts many times."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -155,14 +155,3 @@ class Predictor:
             raise InvalidInput(f"expected an ImageEmbedding from Predictor.embed, got {type(embedding).__name__}", "embedding")
         if embedding.variant != self.variant:
             raise InvalidInput(f"this embedding was made by {embedding.variant}, not {self.variant}", "embedding")
-
-    def iter_embed(self, images: Iterable, batch_size: int = 4) -> Iterable[ImageEmbedding]:
-        """Embed a stream of images in batches of `batch_size`."""
-        pending: list = []
-        for image in images:
-            pending.append(image)
-            if len(pending) == batch_size:
-                yield from self.embed_batch(pending)
-                pending = []
-        if pending:
-            yield from self.embed_batch(pending)
