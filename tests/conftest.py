@@ -65,3 +65,17 @@ def tiny_predictor(tiny_model):
 @pytest.fixture(scope="session")
 def image_paths() -> dict[str, Path]:
     return {p.name: p for p in sorted(IMAGES.glob("*.png"))}
+
+
+@pytest.fixture(scope="session")
+def chelsea_rgb(image_paths):
+    """chelsea.png (300 x 451) decoded once for the session."""
+    from segany.io.images import load_image
+
+    return load_image(image_paths["chelsea.png"])
+
+
+@pytest.fixture(scope="session")
+def chelsea_embedding(tiny_predictor, chelsea_rgb):
+    """The float32 tiny model's embedding of chelsea.png, computed once and shared (embeddings are immutable)."""
+    return tiny_predictor.embed(chelsea_rgb)

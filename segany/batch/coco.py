@@ -16,12 +16,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from segany.errors import InvalidInput
+from segany.io.files import write_bytes_atomic
 
 JOURNAL_SUFFIX = ".journal"
 # Record keys that become COCO annotation fields of their own; other record keys are copied as they are.
@@ -34,27 +34,7 @@ def journal_path(path: Path) -> Path:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write `value` as compact JSON to `path` so that `path` is always either the old or the new file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(value, out, separators=(",", ":"), allow_nan=False)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets a folder be opened
-        folder = os.open(path.parent or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
+    write_bytes_atomic(path, json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8"))
 
 
 class CocoWriter:

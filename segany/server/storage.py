@@ -14,16 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import mimetypes
-import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from segany.errors import InvalidInput, SeganyError
+from segany.io.files import write_bytes_atomic
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}(\.[a-z0-9]{1,10})?$")
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
@@ -96,20 +95,6 @@ def _normal_suffix(suffix: str, content_type: str | None) -> str:
     return suffix.lower()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary file in the same directory, fsync, then rename over `path`."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 class LocalStorage:
     """Files under `root`, sharded by the first two key characters, served at `url_prefix`.
 
@@ -148,8 +133,8 @@ class LocalStorage:
         record = StoredFile(key=key, size=len(data), content_type=content_type, created_at=time.time(), name=name,
                             owner=owner, sha256=hashlib.sha256(data).hexdigest(),
                             md5=hashlib.md5(data, usedforsecurity=False).hexdigest())
-        _write_atomically(path, bytes(data))
-        _write_atomically(self._sidecar(path), json.dumps(asdict(record)).encode())
+        write_bytes_atomic(path, bytes(data))
+        write_bytes_atomic(self._sidecar(path), json.dumps(asdict(record)).encode())
         return key
 
     def open(self, key: str) -> BinaryIO:

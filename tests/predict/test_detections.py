@@ -15,7 +15,6 @@ import pytest
 
 import segany
 from segany.errors import InvalidInput, InvalidPrompt
-from segany.io.images import load_image
 from segany.predict.detections import (
     LabelledMasks, NoDetectionsWarning, parse_detections, segment_detections,
 )
@@ -35,13 +34,13 @@ def roboflow_predictions() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def image(image_paths) -> np.ndarray:
-    return load_image(image_paths["chelsea.png"])  # 300 x 451
+def image(chelsea_rgb) -> np.ndarray:
+    return chelsea_rgb  # 300 x 451
 
 
 @pytest.fixture(scope="module")
-def embedding(tiny_predictor, image):
-    return tiny_predictor.embed(image)
+def embedding(chelsea_embedding):
+    return chelsea_embedding
 
 
 def reference_masks(predictor, embedding, boxes_xyxy, multimask_output=False):

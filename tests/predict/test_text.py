@@ -6,7 +6,6 @@ import pytest
 
 import segany
 from segany.errors import InvalidInput, InvalidPrompt, ModelNotFound
-from segany.io.images import load_image
 from segany.predict import text as text_module
 from segany.predict.detections import NoDetectionsWarning, masks_for_boxes
 from segany.predict.grounding import RawDetections, TextGrounder
@@ -33,13 +32,13 @@ PHRASES = [1, 0, 1, 0]  # "a ball", "a Cat", "a ball", "a Cat" for "a Cat. a bal
 
 
 @pytest.fixture(scope="module")
-def image(image_paths) -> np.ndarray:
-    return load_image(image_paths["chelsea.png"])  # 300 x 451
+def image(chelsea_rgb) -> np.ndarray:
+    return chelsea_rgb  # 300 x 451
 
 
 @pytest.fixture(scope="module")
-def embedding(tiny_predictor, image):
-    return tiny_predictor.embed(image)
+def embedding(chelsea_embedding):
+    return chelsea_embedding
 
 
 def reference(predictor, embedding, boxes):
