@@ -34,8 +34,8 @@ from PIL import Image
 
 import segany
 from segany.io.rle import masks_to_rle
-from segany.predict.amg import MaskGenerator
-from segany.predict.amg_geometry import build_point_grid
+from segany.predict.amg.generator import MaskGenerator
+from segany.predict.amg.geometry import build_point_grid
 
 from _common import IMAGES, SHARED, print_table, random_checkpoint
 

@@ -51,7 +51,7 @@ def load_sam(checkpoint: str | None, device: str, workdir: Path):
 
 def load_grounder(detector: str, device: str, workdir: Path):
     from segany.errors import ModelNotFound
-    from segany.predict.grounding import TextGrounder
+    from segany.predict.text.grounding import TextGrounder
 
     try:
         return TextGrounder(model_id=detector, device=device), detector
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from segany.io.images import load_image
     from segany.predict.detections import masks_for_boxes
-    from segany.predict.text import segment_text
+    from segany.predict.text.segment import segment_text
 
     with tempfile.TemporaryDirectory() as tmp:
         predictor = load_sam(args.checkpoint, args.device, Path(tmp))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from segany.cli import main
+from segany.cli.main import main
 from segany_cli_helpers import run_segany
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import segany
-from segany.cli import build_parser, main
+from segany.cli.main import build_parser, main
 from segany_cli_helpers import IMAGES, MODEL_FLAGS, build_tiny_owlv2, run_segany, start_segany
 
 COMMANDS = ("segment", "auto", "batch", "serve", "bench")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segany.batch.outputs import MaskSet, default_out, numbered, write_result
+from segany.cli.outputs import MaskSet, default_out, numbered, write_result
 from segany.io.masks import Polygon, polygons_to_mask
 
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from segany.errors import InvalidInput
-from segany.serve_ray import add_ray_serve_arguments, deployment_options
+from segany.server.ray_serve import add_ray_serve_arguments, deployment_options
 from segany.server.settings import ServerSettings, add_settings_arguments
 from segany_cli_helpers import IMAGES, start_segany
 

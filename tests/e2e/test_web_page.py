@@ -206,7 +206,7 @@ def test_segment_everything_and_downloads(visit: PageVisit, web_server: WebServe
 
 
 def test_text_field_explains_why_it_is_off(visit: PageVisit) -> None:
-    from segany.server.webpage import text_capability
+    from segany.server.http.webpage import text_capability
 
     capability = text_capability()
     note = visit.page.locator("#text-note")

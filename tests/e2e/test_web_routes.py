@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from segany.server.webpage import STATIC_DIR, text_capability
+from segany.server.http.webpage import STATIC_DIR, text_capability
 from web_support import FAST_AUTO, WebServer
 
 MODULE_IMPORT = re.compile(r"""^import\s[^"']*["']\./([\w-]+\.js)["'];""", re.MULTILINE)

@@ -15,7 +15,7 @@ import segany
 from fixture_paths import GOLDENS, IMAGES, SHARED
 from segany.errors import InvalidImage, InvalidInput
 from segany.io.rle import coco_decode, rle_to_mask
-from segany.predict.amg import MaskGenerator
+from segany.predict.amg.generator import MaskGenerator
 
 MASK_IOU_MIN = 0.99  # acceptance criteria of the goldens (../shared/fixtures/README.md)
 SCORE_ATOL = 1e-4
@@ -235,8 +235,8 @@ class CachedEmbedding:
 
 def _dense_reference(predictor, image: np.ndarray, per_side: int, min_area: int, nms_thresh: float) -> list[dict]:
     """Official-style single-crop generation: every mask upsampled to full size, no thresholds on scores."""
-    from segany.predict.amg_filters import batched_nms, fill_small_regions
-    from segany.predict.amg_geometry import build_point_grid
+    from segany.predict.amg.filters import batched_nms, fill_small_regions
+    from segany.predict.amg.geometry import build_point_grid
 
     height, width = image.shape[:2]
     points = torch.from_numpy(build_point_grid(per_side) * np.array([[width, height]]))

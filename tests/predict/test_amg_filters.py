@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from segany.predict.amg_filters import batched_nms, fill_small_regions
+from segany.predict.amg.filters import batched_nms, fill_small_regions
 
 
 def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, categories: np.ndarray, threshold: float) -> list[int]:

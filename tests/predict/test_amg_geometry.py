@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from segany.predict.amg_geometry import (
+from segany.predict.amg.geometry import (
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
     build_point_grid,

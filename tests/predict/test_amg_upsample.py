@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segany.predict.amg_upsample import UpsamplePlan
+from segany.predict.amg.upsample import UpsamplePlan
 
 THRESHOLDS = [-1.0, 0.0, 1.0]
 

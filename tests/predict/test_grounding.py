@@ -14,7 +14,7 @@ import pytest
 import segany
 from segany.errors import InvalidInput, InvalidPrompt, ModelNotFound
 from tiny_detectors import _transformers, build_tiny_grounding_dino, build_tiny_owlv2
-from segany.predict.grounding import (
+from segany.predict.text.grounding import (
     GroundedBoxes, RawDetections, TextGrounder, grounding_dino_prompt, normalize_text, resolve_model_dir,
 )
 
@@ -199,7 +199,7 @@ def test_tiny_owlv2_matches_transformers_post_processing(tiny_owl_dir, image_rgb
 def test_loading_never_imports_torchvision(tiny_gd_dir, tiny_owl_dir):
     code = f"""
         import sys, numpy as np
-        from segany.predict.grounding import TextGrounder
+        from segany.predict.text.grounding import TextGrounder
         for d in ({str(tiny_gd_dir)!r}, {str(tiny_owl_dir)!r}):
             TextGrounder(model_id=d).ground(np.zeros((40, 50, 3), np.uint8), "dog")
         assert "torchvision" not in sys.modules, "torchvision was imported"
@@ -208,7 +208,7 @@ def test_loading_never_imports_torchvision(tiny_gd_dir, tiny_owl_dir):
 
 
 def test_full_path_text_to_labelled_masks_with_tiny_grounding_dino(tiny_predictor, tiny_gd_dir, image_rgb):
-    from segany.predict.text import segment_text
+    from segany.predict.text.segment import segment_text
 
     grounder = TextGrounder(model_id=tiny_gd_dir, box_threshold=0.5, max_detections=6)
     found = grounder.ground(image_rgb, "red dog. ball")
@@ -253,7 +253,7 @@ def test_missing_model_id_with_unreachable_hub(tmp_path):
     # The hub endpoint is a closed local port: the download attempt fails and becomes ModelNotFound.
     code = f"""
         from segany.errors import ModelNotFound
-        from segany.predict.grounding import TextGrounder
+        from segany.predict.text.grounding import TextGrounder
         try:
             TextGrounder(model_id="segany-test/absent", cache_dir={str(tmp_path)!r})
         except ModelNotFound as exc:

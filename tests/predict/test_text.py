@@ -6,10 +6,10 @@ import pytest
 
 import segany
 from segany.errors import InvalidInput, InvalidPrompt, ModelNotFound
-from segany.predict import text as text_module
+from segany.predict.text import segment as text_module
 from segany.predict.detections import NoDetectionsWarning, masks_for_boxes
-from segany.predict.grounding import RawDetections, TextGrounder
-from segany.predict.text import segment_text
+from segany.predict.text.grounding import RawDetections, TextGrounder
+from segany.predict.text.segment import segment_text
 from segany.predict.types import Prediction
 
 

@@ -23,7 +23,7 @@ import torch
 
 import segany
 from segany.server.app import create_app
-from segany.server.engine import Engine
+from segany.server.engine.engine import Engine
 from segany.server.settings import ServerSettings
 
 SHARED = Path(os.environ.get("SEGANY_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))

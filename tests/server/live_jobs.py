@@ -1,6 +1,6 @@
 """Test support for the job-backed dialects (Replicate, Cog, Segmind): real servers and a webhook receiver.
 
-`jobs_server(...)` serves `create_app(settings)` + `jobs_wiring.install` with uvicorn on 127.0.0.1 over
+`jobs_server(...)` serves `create_app(settings)` + `jobs_service.install` with uvicorn on 127.0.0.1 over
 HTTPS (a throwaway self-signed certificate for 127.0.0.1: the `replicate` client turns only https: URLs
 into readable file outputs). One server per configuration is shared by every test module of the session,
 so the tiny model is embedded once per image; it stops when the pytest session ends.
@@ -25,7 +25,7 @@ import httpx
 from live_server import free_port, serve_in_thread
 
 from segany.server.app import create_app
-from segany.server.jobs_wiring import JobSettings, install
+from segany.server.jobs.service import JobSettings, install
 from segany.server.settings import ServerSettings
 
 KEYS = ("key-alice", "key-bob")

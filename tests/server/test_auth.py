@@ -17,8 +17,8 @@ from inference_sdk.http.errors import HTTPCallErrorError
 from livepeer_ai import Livepeer
 from livepeer_ai.models import errors as livepeer_errors
 
-from segany.server.auth import check_request, is_valid_key, key_from_headers, key_from_json_body, key_from_query
-from segany.server.errors import Unauthorized
+from segany.server.http.auth import check_request, is_valid_key, key_from_headers, key_from_json_body, key_from_query
+from segany.server.http.errors import Unauthorized
 
 KEYS = ("key-one", "key-two")
 NOT_AN_IMAGE = b"definitely not an image"

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from segany.predict.types import ImageEmbedding
-from segany.server.batching import BatchLane
-from segany.server.cache import EmbeddingCache
-from segany.server.logits_cache import LogitsCache, PromptKey
+from segany.server.engine.batching import BatchLane
+from segany.server.engine.embedding_cache import EmbeddingCache
+from segany.server.engine.logits_cache import LogitsCache, PromptKey
 
 
 def _embedding(kib: int) -> ImageEmbedding:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from live_jobs import TINY_SEED_INPUT, JobServer, receiving, shared_server
-from segany.server.dialects.replicate_model import MODEL_VERSION
+from segany.server.dialects.replicate_seed import MODEL_VERSION
 
 
 @pytest.fixture(scope="module")

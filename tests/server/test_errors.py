@@ -5,7 +5,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from segany.errors import CheckpointError, ImageTooLarge, InvalidImage, InvalidPrompt, MissingExtra, ModelNotFound
-from segany.server.errors import (
+from segany.server.http.errors import (
     ImageIdNotFound, PayloadTooLarge, RequestTimeout, ServerBusy, Unauthorized, UrlNotAllowed, describe,
 )
 

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from segany.server.errors import FetchFailed, UrlNotAllowed
-from segany.server.fetch import check_public_url, fetch_url_bytes, is_public_address
+from segany.server.http.errors import FetchFailed, UrlNotAllowed
+from segany.server.http.url_fetch import check_public_url, fetch_url_bytes, is_public_address
 
 LOOPBACK_ONLY = ipaddress.ip_address("127.0.0.1")
 

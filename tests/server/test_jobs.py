@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from segany.errors import InvalidInput
-from segany.server.db import Database
-from segany.server.jobs import Job, JobConflict, JobNotFound, JobStatus, JobStore, iso8601
-from segany.server.runner import JobContext, JobRunner, purge_expired
-from segany.server.storage import LocalStorage, StoredFileNotFound
+from segany.server.jobs.database import Database
+from segany.server.jobs.store import Job, JobConflict, JobNotFound, JobStatus, JobStore, iso8601
+from segany.server.jobs.workers import JobContext, JobRunner, purge_expired
+from segany.server.jobs.storage import LocalStorage, StoredFileNotFound
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -249,8 +249,8 @@ def test_recover_finishes_a_requested_cancel(db_path: Path) -> None:
 _CHILD = """
 import sys, time
 from pathlib import Path
-from segany.server.jobs import JobStore
-from segany.server.runner import JobRunner
+from segany.server.jobs.store import JobStore
+from segany.server.jobs.workers import JobRunner
 
 def handler(job, context):
     context.log("started")
@@ -460,8 +460,8 @@ def test_runner_workers_run_in_parallel(store: JobStore, run_with) -> None:
 
 
 def test_runner_names_are_still_importable_from_jobs() -> None:
-    import segany.server.jobs as jobs
-    import segany.server.runner as runner
+    import segany.server.jobs.store as jobs
+    import segany.server.jobs.workers as runner
 
     assert (jobs.JobRunner, jobs.JobContext, jobs.purge_expired) == (
         runner.JobRunner, runner.JobContext, runner.purge_expired)

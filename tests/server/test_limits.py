@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from segany.errors import InvalidInput, InvalidPrompt
-from segany.server.errors import PayloadTooLarge
-from segany.server.limits import Limits, read_body_limited
+from segany.server.http.errors import PayloadTooLarge
+from segany.server.http.limits import Limits, read_body_limited
 from segany.server.settings import ServerSettings
 
 LIMITS = Limits.from_settings(ServerSettings(max_prompts=4, max_points_per_prompt=3, max_points_per_side=64,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from segany.server.metrics import Counter, Gauge, Histogram, Registry
+from segany.server.http.metrics import Counter, Gauge, Histogram, Registry
 
 
 def test_text_exposition():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from segany.errors import InvalidInput, SeganyError
-from segany.server.jobs import JobStore
-from segany.server.quotas import QuotaExceeded, Quotas
+from segany.server.jobs.store import JobStore
+from segany.server.jobs.quotas import QuotaExceeded, Quotas
 
 
 @pytest.fixture()

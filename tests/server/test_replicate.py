@@ -17,8 +17,8 @@ from replicate.helpers import FileOutput
 
 from live_jobs import KEYS, TINY_SEED_INPUT, JobServer, receiving, shared_server
 from segany.io.images import load_image
-from segany.predict.amg import MaskGenerator
-from segany.server.dialects.replicate_model import MODEL_ID, MODEL_VERSION, Input
+from segany.predict.amg.generator import MaskGenerator
+from segany.server.dialects.replicate_seed import MODEL_ID, MODEL_VERSION, Input
 
 REF = f"{MODEL_ID}:{MODEL_VERSION}"
 

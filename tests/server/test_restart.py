@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from live_jobs import TINY_SEED_INPUT, free_port, receiving, serve
-from segany.server.jobs import JobStatus, JobStore
-from segany.server.jobs_wiring import DB_FILE, JobSettings
+from segany.server.jobs.store import JobStatus, JobStore
+from segany.server.jobs.service import DB_FILE, JobSettings
 
 REPO = Path(__file__).resolve().parents[2]
 # Caught running: a fresh server process loads the model and embeds the image first (seconds), then
@@ -32,7 +32,7 @@ _CHILD = """
 import json, sys
 import uvicorn
 from segany.server.app import create_app
-from segany.server.jobs_wiring import JobSettings, install
+from segany.server.jobs.service import JobSettings, install
 from segany.server.settings import ServerSettings
 
 config = json.loads(sys.argv[1])

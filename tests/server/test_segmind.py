@@ -19,8 +19,8 @@ from live_jobs import KEYS, JobServer, shared_server
 from segany.errors import InvalidInput
 from segany.io.images import load_image
 from segany.io.masks import encode_image, overlay_masks
-from segany.predict.grounding import RawDetections, TextGrounder
-from segany.server.jobs_wiring import key_id
+from segany.predict.text.grounding import RawDetections, TextGrounder
+from segany.server.jobs.service import key_id
 
 POINT = [200, 150]
 BOX = [250.0, 90.0, 350.0, 210.0]

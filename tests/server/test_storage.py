@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segany.errors import InvalidInput
-from segany.server.storage import LocalStorage, Storage, StoredFileNotFound
+from segany.server.jobs.storage import LocalStorage, Storage, StoredFileNotFound
 
 
 @pytest.fixture()

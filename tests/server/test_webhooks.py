@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from segany.errors import InvalidInput
-from segany.server.errors import UrlNotAllowed
-from segany.server.jobs import Job, JobContext, JobRunner, JobStatus, JobStore
-from segany.server.webhooks import (
+from segany.server.http.errors import UrlNotAllowed
+from segany.server.jobs.store import Job, JobContext, JobRunner, JobStatus, JobStore
+from segany.server.jobs.webhooks import (
     WebhookSender,
     new_signing_secret,
     parse_events_filter,

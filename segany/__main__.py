@@ -1,9 +1,0 @@
-"""`python -m segany ...`: the same as the `segany` command."""
-from __future__ import annotations
-
-import sys
-
-from segany.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `segany` command line: one module per group of commands."""

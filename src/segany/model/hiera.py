@@ -1,0 +1,189 @@
+"""Hiera trunk of the SAM 2 image encoder (hierarchical ViT with windowed attention and query pooling).
+
+Tensors inside the trunk are channels-last, (B, H, W, C). Parameter names follow the official
+checkpoints under `image_encoder.trunk.`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segany.model.common import MLP
+
+
+@dataclass(frozen=True)
+class HieraConfig:
+    embed_dim: int = 96
+    num_heads: int = 1
+    stages: tuple[int, ...] = (2, 3, 16, 3)
+    global_att_blocks: tuple[int, ...] = (12, 16, 20)
+    window_spec: tuple[int, ...] = (8, 4, 14, 7)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14)
+    q_pool: int = 3  # number of stage transitions that pool queries
+    q_stride: tuple[int, int] = (2, 2)
+    dim_mul: float = 2.0
+    head_mul: float = 2.0
+    mlp_ratio: float = 4.0
+
+    @property
+    def stage_ends(self) -> list[int]:
+        """Index of the last block of each stage."""
+        return [sum(self.stages[: i + 1]) - 1 for i in range(len(self.stages))]
+
+    @property
+    def channels(self) -> list[int]:
+        """Output channels of each stage, highest resolution first."""
+        return [int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages))]
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> (B * num_windows, window, window, C), zero-padding H and W up to multiples of `window`."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(windows: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `window_partition`, dropping the padding."""
+    hp, wp = padded_hw
+    h, w = hw
+    b = windows.shape[0] // ((hp // window) * (wp // window))
+    x = windows.view(b, hp // window, wp // window, window, window, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    if hp > h or wp > w:
+        x = x[:, :h, :w, :].contiguous()
+    return x
+
+
+def max_pool_channels_last(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """2D max pooling (kernel = stride, floor) of a (B, H, W, C) tensor."""
+    return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
+
+
+class MultiScaleAttention(nn.Module):
+    """Multi-head self-attention whose queries may be max-pooled (the first block of a new stage)."""
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, q_stride: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_stride = q_stride
+        self.qkv = nn.Linear(dim, dim_out * 3)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)
+        q, k, v = qkv.unbind(2)  # each (B, HW, heads, head_dim)
+        if self.q_stride is not None:
+            q = max_pool_channels_last(q.reshape(b, h, w, -1), self.q_stride)
+            h, w = q.shape[1:3]
+            q = q.reshape(b, h * w, self.num_heads, -1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+
+
+class MultiScaleBlock(nn.Module):
+    """Pre-norm transformer block with optional windowing and query pooling."""
+
+    def __init__(
+        self, dim: int, dim_out: int, num_heads: int, mlp_ratio: float, q_stride: tuple[int, int] | None, window_size: int
+    ) -> None:
+        super().__init__()
+        self.dim, self.dim_out = dim, dim_out
+        self.window_size = window_size
+        self.q_stride = q_stride
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MultiScaleAttention(dim, dim_out, num_heads, q_stride)
+        self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
+        self.mlp = MLP(dim_out, int(dim_out * mlp_ratio), dim_out, num_layers=2, activation=nn.GELU)
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.dim != self.dim_out:
+            # The residual path changes width (and resolution, when pooling) with the block.
+            shortcut = self.proj(x)
+            if self.q_stride is not None:
+                shortcut = max_pool_channels_last(shortcut, self.q_stride)
+
+        window = self.window_size
+        if window > 0:
+            x, padded_hw = window_partition(x, window)
+        x = self.attn(x)
+        if window > 0:
+            if self.q_stride is not None:
+                # Pooled queries shrink each window; recompute the padded grid at the new resolution.
+                window = window // self.q_stride[0]
+                h, w = shortcut.shape[1:3]
+                padded_hw = (h + (window - h % window) % window, w + (window - w % window) % window)
+            x = window_unpartition(x, window, padded_hw, shortcut.shape[1:3])
+
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """7x7 stride-4 convolution, output channels-last."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class Hiera(nn.Module):
+    """Returns one feature map per stage, (B, C_i, H_i, W_i), highest resolution first."""
+
+    def __init__(self, cfg: HieraConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, *cfg.window_pos_embed_bkg_spatial_size))
+        first_window = cfg.window_spec[0]
+        self.pos_embed_window = nn.Parameter(torch.zeros(1, cfg.embed_dim, first_window, first_window))
+
+        stage_ends = cfg.stage_ends
+        q_pool_blocks = [end + 1 for end in stage_ends[:-1]][: cfg.q_pool]
+        dim, heads, stage = cfg.embed_dim, cfg.num_heads, 0
+        blocks = []
+        for i in range(sum(cfg.stages)):
+            dim_out = dim
+            # The first block of a stage still uses the previous stage's window: it pools inside it.
+            window = 0 if i in cfg.global_att_blocks else cfg.window_spec[stage]
+            if i - 1 in stage_ends:
+                dim_out = int(dim * cfg.dim_mul)
+                heads = int(heads * cfg.head_mul)
+                stage += 1
+            q_stride = cfg.q_stride if i in q_pool_blocks else None
+            blocks.append(MultiScaleBlock(dim, dim_out, heads, cfg.mlp_ratio, q_stride, window))
+            dim = dim_out
+        self.blocks = nn.ModuleList(blocks)
+        self._stage_ends = set(stage_ends)
+
+    def position_embedding(self, size_hw: tuple[int, int]) -> torch.Tensor:
+        """Background table interpolated to the feature size plus the tiled window table, (1, H, W, C)."""
+        pos = F.interpolate(self.pos_embed, size=size_hw, mode="bicubic")
+        win = self.pos_embed_window
+        reps = [p // w for p, w in zip(pos.shape, win.shape)]
+        return (pos + win.tile(reps)).permute(0, 2, 3, 1)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(images)
+        x = x + self.position_embedding(x.shape[1:3]).to(x.dtype)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self._stage_ends:
+                outputs.append(x.permute(0, 3, 1, 2))
+        return outputs

@@ -1,0 +1,144 @@
+"""SAM 2 mask decoder: two-way transformer over prompt and image tokens, hypernetwork mask heads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from segany.model.common import MLP, LayerNorm2d
+from segany.model.transformer import TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class DecoderOutput:
+    low_res_logits: torch.Tensor  # (B, C, 256, 256)
+    iou: torch.Tensor  # (B, C), in [0, 1] (sigmoid head)
+    object_score_logits: torch.Tensor  # (B, 1); > 0 means "an object is present"
+
+
+def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` in `like`'s memory format (channels-last or contiguous)."""
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous()
+
+
+class MaskDecoder(nn.Module):
+    """Parameter names follow `sam_mask_decoder.` in the official checkpoints.
+
+    `conv_s0` / `conv_s1` live here to match the checkpoint, but they project the image encoder's
+    high-resolution levels and so run once per image (`project_high_res`), not once per prompt.
+    """
+
+    def __init__(
+        self,
+        transformer_dim: int = 256,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+        dynamic_multimask_via_stability: bool = True,
+        dynamic_multimask_stability_delta: float = 0.05,
+        dynamic_multimask_stability_thresh: float = 0.98,
+    ) -> None:
+        super().__init__()
+        d = transformer_dim
+        self.transformer = TwoWayTransformer(depth=2, embedding_dim=d, num_heads=8, mlp_dim=2048)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, d)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, d)
+        self.obj_score_token = nn.Embedding(1, d)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(d, d // 4, kernel_size=2, stride=2),
+            LayerNorm2d(d // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(d // 4, d // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.conv_s0 = nn.Conv2d(d, d // 8, kernel_size=1)
+        self.conv_s1 = nn.Conv2d(d, d // 4, kernel_size=1)
+        self.output_hypernetworks_mlps = nn.ModuleList(MLP(d, d, d // 8, 3) for _ in range(self.num_mask_tokens))
+        self.iou_prediction_head = MLP(d, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth, sigmoid_output=True)
+        self.pred_obj_score_head = MLP(d, d, 1, 3)
+        self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
+        self.stability_delta = dynamic_multimask_stability_delta
+        self.stability_thresh = dynamic_multimask_stability_thresh
+
+    def project_high_res(self, level0: torch.Tensor, level1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FPN levels at 256x256 and 128x128 -> (32, 256, 256) and (64, 128, 128) channel features."""
+        return self.conv_s0(level0), self.conv_s1(level1)
+
+    def forward(
+        self,
+        image_embed: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompts: torch.Tensor,
+        dense_prompts: torch.Tensor,
+        high_res_feats: tuple[torch.Tensor, torch.Tensor],
+        multimask_output: bool,
+    ) -> DecoderOutput:
+        """Decode B prompts against one image.
+
+        image_embed (1, C, 64, 64); image_pe (1, C, 64, 64); sparse_prompts (B, T, C);
+        dense_prompts (B or 1, C, 64, 64); high_res_feats of batch 1.
+        """
+        b = sparse_prompts.shape[0]
+        dtype = image_embed.dtype
+        out_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.to(dtype).unsqueeze(0).expand(b, -1, -1), sparse_prompts.to(dtype)], dim=1)
+
+        # Without a mask prompt every prompt sees the same image tokens: keep batch 1 and let the
+        # transformer share their projections instead of repeating the image B times.
+        src = image_embed + dense_prompts.to(dtype)
+        _, c, h, w = src.shape
+        image_tokens = src.flatten(2).transpose(1, 2)
+        pos = image_pe.to(dtype).flatten(2).transpose(1, 2)
+        hs, keys = self.transformer(image_tokens, pos, tokens)
+        iou_token_out = hs[:, 1, :]
+        mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
+
+        # Image tokens as a channels-last map (a view, no copy); the upscaling stays channels-last, the
+        # layout oneDNN's transposed convolutions prefer.
+        src = keys.transpose(1, 2).reshape(b, c, h, w)
+        dc1, ln1, act1, dc2, act2 = self.output_upscaling
+        feat_s0, feat_s1 = high_res_feats
+        # In-place adds on the largest per-prompt tensors (64 x 128^2 and 32 x 256^2 each); the per-image
+        # features are put in the same memory layout first, or the broadcast add takes a slow strided path.
+        upscaled = dc1(src)
+        upscaled += _same_layout(feat_s1, upscaled)
+        upscaled = dc2(act1(ln1(upscaled)))
+        upscaled += _same_layout(feat_s0, upscaled)
+        upscaled = act2(upscaled)
+
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
+        _, uc, uh, uw = upscaled.shape
+        pixels = upscaled.permute(0, 2, 3, 1).reshape(b, uh * uw, uc)  # a view when channels-last
+        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, uh, uw).float()
+        iou = self.iou_prediction_head(iou_token_out).float()
+        object_score = self.pred_obj_score_head(hs[:, 0, :]).float()
+
+        if multimask_output:
+            masks, iou = masks[:, 1:], iou[:, 1:]
+        elif self.dynamic_multimask_via_stability and not self.training:
+            masks, iou = self._select_stable_single_mask(masks, iou)
+        else:
+            masks, iou = masks[:, :1], iou[:, :1]
+        return DecoderOutput(masks, iou, object_score)
+
+    def _stability(self, logits: torch.Tensor) -> torch.Tensor:
+        flat = logits.flatten(-2)
+        inter = (flat > self.stability_delta).sum(-1).float()
+        union = (flat > -self.stability_delta).sum(-1).float()
+        return torch.where(union > 0, inter / union, torch.ones_like(inter))
+
+    def _select_stable_single_mask(self, masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep the single-mask output when it is stable, else fall back to the best multimask output."""
+        multi_iou = iou[:, 1:]
+        best = multi_iou.argmax(dim=-1)
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        best_masks = masks[:, 1:][rows, best].unsqueeze(1)
+        best_iou = multi_iou[rows, best].unsqueeze(1)
+        stable = self._stability(masks[:, :1]) >= self.stability_thresh  # (B, 1)
+        out_masks = torch.where(stable[..., None, None], masks[:, :1], best_masks)
+        out_iou = torch.where(stable, iou[:, :1], best_iou)
+        return out_masks, out_iou

@@ -1,0 +1,128 @@
+"""The mask decoder's two-way transformer: prompt tokens and image tokens attend to each other."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segany.model.common import MLP
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an optional down-projection of the internal width."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        internal = embedding_dim // downsample_rate
+        self.q_proj = nn.Linear(embedding_dim, internal)
+        self.k_proj = nn.Linear(embedding_dim, internal)
+        self.v_proj = nn.Linear(embedding_dim, internal)
+        self.out_proj = nn.Linear(internal, embedding_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention over already projected q, k, v of shape (B, N, internal); k/v may have batch 1."""
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if k.shape[0] != q.shape[0]:
+            k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, h, n, d = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def image_to_tokens(self, image: torch.Tensor, tokens_k: torch.Tensor, tokens_v: torch.Tensor) -> torch.Tensor:
+        """`forward(image, tokens_k, tokens_v)` for many queries (HW image tokens) over a few keys (T prompt tokens).
+
+        image (B or 1, HW, C); tokens (B, T, C). The same result, reassociated so that no (B, HW, internal)
+        query or head-output tensor exists: the query projection is folded into the keys and the output
+        projection into the values, leaving two (HW x C) by (C x heads*T) products per prompt. Generic
+        attention kernels handle a key length of ~7 poorly; these are plain matrix products.
+        """
+        b, t, _ = tokens_k.shape
+        heads = self.num_heads
+        internal = self.q_proj.out_features
+        d = internal // heads
+        scale = d**-0.5
+        k = self.k_proj(tokens_k).view(b, t, heads, d)
+        v = self.v_proj(tokens_v).view(b, t, heads, d)
+        w_q = self.q_proj.weight.view(heads, d, -1)  # (heads, d, C)
+        # scores[n, (h, t)] = (image[n] @ W_q_h^T + b_q_h) . k[t, h] * scale
+        fold_q = torch.einsum("hdc,bthd->bcht", w_q, k).reshape(b, -1, heads * t) * scale
+        bias_q = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(heads, d), k).reshape(b, 1, heads * t) * scale
+        if image.shape[0] == b:
+            scores = torch.baddbmm(bias_q, image, fold_q)
+        else:  # one image for every prompt: a single (HW x C) @ (C x B*heads*T) product
+            n, c = image.shape[1], image.shape[2]
+            scores = (image[0] @ fold_q.transpose(0, 1).reshape(c, -1)).view(n, b, -1).transpose(0, 1) + bias_q
+        probs = scores.view(b, -1, heads, t).softmax(dim=-1).view(b, -1, heads * t)
+        # out[n] = sum_h probs_h[n] @ v_h @ W_out_h^T + b_out
+        w_out = self.out_proj.weight.view(-1, heads, d)  # (C, heads, d)
+        fold_v = torch.einsum("bthd,chd->bhtc", v, w_out).reshape(b, heads * t, -1)
+        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1).to(probs.dtype), probs, fold_v)
+
+
+class TwoWayAttentionBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn_token_to_image = Attention(dim, num_heads, downsample_rate)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_dim, dim, num_layers=2, activation=nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries (B, T, C); keys (B, HW, C) or (1, HW, C) when every prompt shares the same image tokens."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+
+        keys_pe = keys + key_pe
+        # When keys are shared (batch 1), their projections are computed once for all prompts.
+        ca = self.cross_attn_token_to_image
+        queries = queries + ca.attend(ca.q_proj(queries + query_pe), ca.k_proj(keys_pe), ca.v_proj(keys))
+        queries = self.norm2(queries)
+        queries = self.norm3(queries + self.mlp(queries))
+
+        keys = self.norm4(keys + self.cross_attn_image_to_token.image_to_tokens(keys_pe, queries + query_pe, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Parameter names follow `sam_mask_decoder.transformer.` in the official checkpoints."""
+
+    def __init__(self, depth: int = 2, embedding_dim: int = 256, num_heads: int = 8, mlp_dim: int = 2048,
+                 attention_downsample_rate: int = 2) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate, skip_first_layer_pe=(i == 0))
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(
+        self, image_tokens: torch.Tensor, image_pe: torch.Tensor, prompt_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_tokens (B|1, HW, C), image_pe (1, HW, C), prompt_tokens (B, T, C) -> (queries, keys)."""
+        queries, keys = prompt_tokens, image_tokens
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, prompt_tokens, image_pe)
+        fa = self.final_attn_token_to_image
+        k = fa.k_proj(keys + image_pe)
+        queries = queries + fa.attend(fa.q_proj(queries + prompt_tokens), k, fa.v_proj(keys))
+        return self.norm_final_attn(queries), keys

@@ -1,0 +1,1 @@
+"""Automatic mask generation ("segment everything"): grids, crops, decoding, filters, records."""

@@ -1,0 +1,1 @@
+"""The inference engine: the only road from the server to the models."""

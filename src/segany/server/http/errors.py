@@ -1,0 +1,136 @@
+"""One table from domain errors to HTTP status codes, shared by every API dialect.
+
+Modules raise classes from `segany.errors` (or the few server-only classes below); `describe(exc)` turns
+any exception into an `ErrorInfo` (status, message, field, headers) and each dialect renders that in
+its own JSON shape. Unknown exceptions are logged with their traceback and become a 500 whose message
+reveals no internals.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+
+from pydantic import ValidationError
+
+from segany.errors import (
+    CheckpointError,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidInput,
+    InvalidPrompt,
+    MissingExtra,
+    ModelNotFound,
+    SeganyError,
+)
+from segany.server.jobs.store import JobConflict, JobNotFound
+from segany.server.jobs.quotas import QuotaExceeded
+from segany.server.jobs.storage import StoredFileNotFound
+
+log = logging.getLogger("segany.server")
+
+
+class Unauthorized(SeganyError):
+    """No API key, or one that is not configured, on a route that needs one."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body is larger than `max_body_mb`."""
+
+
+class ImageIdNotFound(InvalidInput):
+    """An `image_id` that is not (or no longer) in the embedding cache."""
+
+    def __init__(self, message: str, field: str | None = "image_id") -> None:
+        super().__init__(message, field)
+
+
+class UrlNotAllowed(InvalidInput):
+    """Image URL fetching is off, or the URL points at a non-public address or scheme."""
+
+
+class FetchFailed(InvalidInput):
+    """The image URL could not be fetched (status, size or time limit)."""
+
+
+class ServerBusy(SeganyError):
+    """The inference queue is full; the client should retry after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(SeganyError):
+    """The request did not finish within `request_timeout_s`."""
+
+
+# Ordered most specific first: `describe` takes the first row the exception is an instance of.
+ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
+    (Unauthorized, 401, "unauthorized"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (ImageTooLarge, 413, "image_too_large"),
+    (ImageIdNotFound, 404, "image_id_not_found"),
+    (UrlNotAllowed, 403, "url_not_allowed"),
+    (FetchFailed, 400, "fetch_failed"),
+    (InvalidImage, 400, "invalid_image"),
+    (InvalidPrompt, 400, "invalid_prompt"),
+    (InvalidInput, 400, "invalid_input"),
+    (ValidationError, 422, "validation_error"),
+    (ModelNotFound, 404, "model_not_found"),
+    (QuotaExceeded, 406, "not_enough_credits"),  # Segmind's status for an exhausted key
+    (JobNotFound, 404, "not_found"),
+    (StoredFileNotFound, 404, "not_found"),
+    (JobConflict, 409, "conflict"),
+    # A checkpoint that fails to load makes that model unavailable: the client named it, so 4xx.
+    (CheckpointError, 404, "model_unavailable"),
+    (MissingExtra, 501, "missing_extra"),
+    (ServerBusy, 503, "server_busy"),
+    (RequestTimeout, 504, "timeout"),
+)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What every dialect needs to render an error response."""
+
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    headers: dict[str, str] = dataclass_field(default_factory=dict)
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """First pydantic error as 'field: message' with the dotted field path."""
+    errors = exc.errors(include_url=False)
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    path = ".".join(str(part) for part in first.get("loc", ()))
+    message = f"{path}: {first.get('msg', 'invalid value')}" if path else str(first.get("msg", "invalid value"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return message, path or None
+
+
+def describe(exc: BaseException) -> ErrorInfo:
+    """Map any exception to an `ErrorInfo` through `ERROR_TABLE`; unknown ones become a logged 500."""
+    for error_class, status, code in ERROR_TABLE:
+        if isinstance(exc, error_class):
+            break
+    else:
+        log.error("unhandled error", exc_info=exc)
+        return ErrorInfo(500, "internal_error", "internal server error")
+    headers: dict[str, str] = {}
+    if isinstance(exc, ValidationError):
+        message, field_name = _validation_message(exc)
+    else:
+        message, field_name = str(exc) or code.replace("_", " "), getattr(exc, "field", None)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, ServerBusy):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after_s)))
+    if isinstance(exc, QuotaExceeded):
+        headers["x-remaining-credits"] = str(exc.remaining)
+    return ErrorInfo(status, code, message, field_name, headers)

@@ -1,0 +1,1 @@
+"""Asynchronous prediction jobs: the SQLite store, workers, webhooks, quotas and output files."""
