@@ -18,7 +18,7 @@ from segany.predict.text.grounding import (
     GroundedBoxes, RawDetections, TextGrounder, grounding_dino_prompt, normalize_text, resolve_model_dir,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class FakeDetector:

@@ -23,7 +23,7 @@ from live_jobs import TINY_SEED_INPUT, free_port, receiving, serve
 from segany.server.jobs.store import JobStatus, JobStore
 from segany.server.jobs.service import DB_FILE
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # Caught running: a fresh server process loads the model and embeds the image first (seconds), then
 # decodes the grid points one at a time.
 SLOW_INPUT = {**TINY_SEED_INPUT, "points_per_batch": 1, "mask_limit": 2}

@@ -19,7 +19,7 @@ from segany.server.jobs.store import Job, JobConflict, JobNotFound, JobStatus, J
 from segany.server.jobs.workers import JobContext, JobRunner, purge_expired
 from segany.server.jobs.storage import LocalStorage, StoredFileNotFound
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture()
