@@ -130,6 +130,8 @@ class Histogram(_Metric):
         lines = self.header()
         with self._lock:
             items = sorted((k, (list(c), t[0])) for k, (c, t) in self._series.items())
+        if not items and not self.label_names:  # as Prometheus clients do: an unlabelled series exists from the start
+            items = [((), ([0] * len(self.buckets), 0.0))]
         for key, (counts, total) in items:
             for bound, count in zip(self.buckets, counts):
                 le = f'le="{_format_value(bound)}"'

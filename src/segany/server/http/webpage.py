@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
+from segany.server.context import server_context
 from segany.server.dialects.native import error_response
 from segany.server.dialects.native_schemas import SegmentIn
 from segany.server.http.errors import ErrorInfo
@@ -88,12 +89,12 @@ def text_capability() -> dict[str, Any]:
 @router.get("/web/capabilities")
 async def capabilities(request: Request) -> JSONResponse:
     """What the page adapts to: text prompts, the default model, AMG defaults and limits."""
-    state = request.app.state
-    limits = state.limits
+    context = server_context(request)
+    limits = context.limits
     return JSONResponse({
-        "model": state.engine.pool.default_variant,
+        "model": context.engine.pool.default_variant,
         "text": text_capability(),
-        "auto_defaults": dict(state.auto_defaults),
+        "auto_defaults": dict(context.auto_defaults),
         "limits": {"max_points_per_side": limits.max_points_per_side,
                    "max_points_per_prompt": limits.max_points_per_prompt,
                    "max_image_pixels": limits.max_image_pixels,
