@@ -9,10 +9,11 @@ from segany.server.http.errors import ErrorInfo
 def render_error(path: str, info: ErrorInfo) -> JSONResponse:
     """Render `info` in the error shape of the dialect that serves `path` (native by default)."""
     from segany.server.dialects import cog, huggingface, livepeer, native, replicate, roboflow, segmind
-    from segany.server.dialects import xanylabeling
+    from segany.server.dialects import label_studio, xanylabeling
 
-    if path.startswith(xanylabeling.PATH_PREFIXES):
-        return xanylabeling.error_response(info)
+    for tool in (xanylabeling, label_studio):
+        if path.startswith(tool.PATH_PREFIXES):
+            return tool.error_response(info)
     # Replicate and Segmind share the /v1/ prefix with the native API: check them first.
     for dialect in (replicate, segmind, cog):
         if path.startswith(dialect.PATH_PREFIXES):
