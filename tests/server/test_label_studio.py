@@ -160,7 +160,8 @@ def label_studio(tmp_path_factory):
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_USERNAME": "test@segany.local",
            "LABEL_STUDIO_PASSWORD": "segany-test-password", "LABEL_STUDIO_USER_TOKEN": LEGACY_TOKEN,
            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_HOST": url,
-           "SSRF_PROTECTION_ENABLED": "false"}  # its ML backend, segany, is on 127.0.0.1 too
+           # Its ML backend (segany) and the webhook Label Studio adds for it are on 127.0.0.1 too.
+           "ML_BLOCK_LOCAL_IP": "false", "USE_DEFAULT_BANNED_SUBNETS": "false"}
     log = (data / "server.log").open("wb")
     process = subprocess.Popen([str(python), "-m", "label_studio.server", "start", "--no-browser",
                                 "--internal-host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
