@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,16 +90,17 @@ def export_onnx_decoder(model: Any, out: str | Path, opset: int = OPSET) -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     decoder = OnnxDecoder(model.float().cpu().eval())
     axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
-    with torch.no_grad():
-        # The TorchScript exporter keeps the output size a function of orig_im_size (a dynamic Resize).
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter (deprecated, not gone) keeps the output size a function of orig_im_size (a
+        # dynamic Resize). Its trace warnings are about batch-size branches, and the batch is always 1 here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(decoder, example_inputs(), str(out), input_names=list(INPUT_NAMES),
                           output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset, dynamo=False)
     return out
 
 
 def cmd_export_onnx_decoder(args: argparse.Namespace) -> int:
-    import warnings
-
     import segany
     from segany.errors import MissingExtra
 
@@ -108,9 +110,7 @@ def cmd_export_onnx_decoder(args: argparse.Namespace) -> int:
         raise MissingExtra("segany export onnx-decoder needs the onnx extra: pip install 'segany[onnx]'") from None
     model = segany.load_model(args.model, checkpoint=args.checkpoint, device="cpu", dtype=torch.float32)
     out = args.out or f"{model.variant}.decoder.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, not gone
-        path = export_onnx_decoder(model, out, args.opset)
+    path = export_onnx_decoder(model, out, args.opset)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): the decoder of {model.variant}; use it with "
           f"embeddings from the same model", file=sys.stderr)
     return 0

@@ -16,7 +16,7 @@ from segany.errors import SeganyError
 from segany.server.http import health, openapi, webpage
 from segany.server.jobs import service as jobs_service
 from segany.server.dialects import huggingface, livepeer, native, render_error, roboflow
-from segany.server.dialects import label_studio, xanylabeling
+from segany.server.dialects import cvat, label_studio, xanylabeling
 from segany.server.dialects.auto_params import parse_auto_defaults
 from segany.server.dialects.native_labelled import RecentImages
 from segany.server.engine.engine import Engine
@@ -76,6 +76,7 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
         app.include_router(router)
     app.include_router(xanylabeling.router)
     app.include_router(label_studio.router)
+    app.include_router(cvat.router)
     app.add_exception_handler(SeganyError, _handle_error)
     app.add_exception_handler(ValidationError, _handle_error)
     app.add_exception_handler(RequestValidationError, _handle_validation)

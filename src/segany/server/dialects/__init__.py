@@ -9,9 +9,9 @@ from segany.server.http.errors import ErrorInfo
 def render_error(path: str, info: ErrorInfo) -> JSONResponse:
     """Render `info` in the error shape of the dialect that serves `path` (native by default)."""
     from segany.server.dialects import cog, huggingface, livepeer, native, replicate, roboflow, segmind
-    from segany.server.dialects import label_studio, xanylabeling
+    from segany.server.dialects import cvat, label_studio, xanylabeling
 
-    for tool in (xanylabeling, label_studio):
+    for tool in (xanylabeling, label_studio, cvat):
         if path.startswith(tool.PATH_PREFIXES):
             return tool.error_response(info)
     # Replicate and Segmind share the /v1/ prefix with the native API: check them first.
