@@ -121,3 +121,26 @@ def test_errors_are_json_with_an_error_field(cvat_server, image_bytes, case, sta
             answer = cvat_server.client().get("/api/functions")
     assert answer.status_code == status, answer.text
     assert words in answer.json()["error"]
+
+
+def test_the_three_tools_share_one_embedding(cvat_server):
+    """A click from X-AnyLabeling, Label Studio and CVAT on one new image: one embed, then two cache hits."""
+    from fixture_paths import IMAGES
+    from label_studio_helpers import CONFIG, keypoint
+
+    image = (IMAGES / "coffee.png").read_bytes()
+    data_uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    misses = cvat_server.metric("segany_embedding_cache_misses_total")
+    hits = cvat_server.metric("segany_embedding_cache_hits_total")
+    model = cvat_server.engine.pool.default_variant
+    with _client(cvat_server) as client:
+        xal = client.post("/xanylabeling/v1/predict", headers={"Token": KEY},
+                          json={"model": model, "image": data_uri,
+                                "params": {"marks": [{"type": "point", "data": [50, 40], "label": 1}]}})
+        ls = client.post("/label-studio/predict", json={
+            "tasks": [{"id": 1, "data": {"image": data_uri}}], "project": "1.1", "label_config": CONFIG,
+            "params": {"context": {"result": [keypoint(50, 40)]}}})
+        cvat = _invoke(client, "segany-sam2", _payload(image, [(50, 40)]))
+    assert xal.json()["success"] and ls.status_code == 200 and cvat.status_code == 200, (xal.text, ls.text)
+    assert cvat_server.metric("segany_embedding_cache_misses_total") == misses + 1
+    assert cvat_server.metric("segany_embedding_cache_hits_total") == hits + 2
