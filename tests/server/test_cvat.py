@@ -41,10 +41,20 @@ def _payload(image_bytes, pos, neg=(), bbox=None):
             "neg_points": [list(p) for p in neg], "obj_bbox": bbox}
 
 
+def _gateway_url(live) -> str:
+    """LambdaGateway's '{scheme}://{host}:{port}' with CVAT_NUCLIO_HOST=cvat:KEY@127.0.0.1."""
+    port = live.url.rsplit(":", 1)[1]
+    return f"http://cvat:{KEY}@127.0.0.1:{port}"
+
+
 def test_cvat_lists_the_functions_as_interactors(cvat_server):
-    with _client(cvat_server) as client:
-        listed = client.get("/api/functions", headers=GATEWAY_HEADERS)
-        one = client.get("/api/functions/segany-sam2", headers=GATEWAY_HEADERS)
+    import requests  # what CVAT's LambdaGateway uses: it turns the URL's user:password into basic auth
+
+    with requests.Session() as session:
+        listed = session.request("get", _gateway_url(cvat_server) + "/api/functions", headers=GATEWAY_HEADERS,
+                                 timeout=60, json=None)
+        one = session.request("get", _gateway_url(cvat_server) + "/api/functions/segany-sam2",
+                              headers=GATEWAY_HEADERS, timeout=60, json=None)
     assert listed.status_code == 200 and one.status_code == 200
     for data in listed.json().values():  # what LambdaFunction.__init__ reads
         annotations = data["metadata"]["annotations"]
