@@ -7,7 +7,6 @@ and connects segany to a project through `label-studio-sdk`.
 """
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import time

@@ -50,6 +50,10 @@ def test_health_models_and_a_click(keyed, image_bytes, tiny_predictor):
         model_id = next(iter(models["data"]))
         assert model_id == keyed.engine.pool.default_variant
         assert {w["name"] for w in models["data"][model_id]["widgets"]} >= {"button_add_point", "button_add_rect"}
+        info = client.get(f"{PREFIX}/v1/models/{model_id}/info", headers=_headers("xal-key")).json()
+        assert info["success"] and info["data"]["model_id"] == model_id
+        missing = client.get(f"{PREFIX}/v1/models/nope/info", headers=_headers("xal-key"))
+        assert missing.status_code == 200 and missing.json()["error"]["code"] == "MODEL_NOT_FOUND"
         marks = [{"type": "point", "data": [120, 90], "label": 1}, {"type": "point", "data": [300, 200], "label": 0}]
         answer = client.post(PREFIX + "/v1/predict", json=_payload(image_bytes, model_id, marks=marks),
                              headers=_headers("xal-key"))

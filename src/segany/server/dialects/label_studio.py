@@ -72,8 +72,7 @@ async def setup(request: Request) -> JSONResponse:
 @router.post("/webhook", status_code=201)
 async def webhook(request: Request) -> JSONResponse:
     """Training events (START_TRAINING, ANNOTATION_CREATED, ...): segany does not train; acknowledged."""
-    body = await request.body()
-    return JSONResponse({"status": "ok", "trained": False, "bytes": len(body)}, status_code=201)
+    return JSONResponse({"status": "ok", "trained": False}, status_code=201)
 
 
 def _targets(config_outputs: tuple[OutputTag, ...], clicks: Clicks, images: dict[str, str]) -> tuple[str, list[OutputTag]]:

@@ -65,10 +65,13 @@ class LabelStudioSites:
         if cached and cached[1] > time.monotonic():
             return {"Authorization": f"Bearer {cached[0]}"}
         answer = client.post(urljoin(site.url.rstrip("/") + "/", "api/token/refresh"), json={"refresh": token})
-        if answer.status_code != 200 or "access" not in answer.json():
+        try:
+            access = str(answer.json()["access"]) if answer.status_code == 200 else None
+        except (ValueError, KeyError, TypeError):
+            access = None
+        if access is None:
             raise FetchFailed(f"Label Studio refused the access token (HTTP {answer.status_code} from "
                               "/api/token/refresh); check label_studio_api_key", "label_studio_api_key")
-        access = str(answer.json()["access"])
         with self._lock:
             self._access[key] = (access, time.monotonic() + _ACCESS_TTL_S)
         return {"Authorization": f"Bearer {access}"}
@@ -82,8 +85,8 @@ def _same_site(url: str, site: LabelStudioSite) -> bool:
 def _download(sites: LabelStudioSites, site: LabelStudioSite, url: str, max_bytes: int, timeout_s: float,
               field: str) -> bytes:
     with httpx.Client(timeout=timeout_s, follow_redirects=True) as client:
-        headers = sites.auth_header(site, client)
         try:
+            headers = sites.auth_header(site, client)
             with client.stream("GET", url, headers=headers) as answer:
                 if answer.status_code != 200:
                     raise FetchFailed(f"{field}: Label Studio answered HTTP {answer.status_code} for {url}"
