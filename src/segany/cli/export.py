@@ -1,7 +1,8 @@
 """`segany export onnx-decoder`: the prompt encoder + mask decoder as ONNX, for CVAT's SAM 2.1 browser plugin.
 
 The graph is traced from segany's own torch modules (`SAM2ImageModel.decode`), so there is one model
-definition; it is always exported in float32 from CPU (--device and --dtype do not apply). Inputs and outputs carry the names CVAT's plugin (`cvat-ui/plugins/sam2`) feeds and reads:
+definition; it is always exported in float32 from CPU (--device and --dtype do not apply). Inputs and
+outputs carry the names CVAT's plugin (`cvat-ui/plugins/sam2`) feeds and reads:
 
 inputs   image_embed (1, 256, 64, 64), high_res_feats_0 (1, 32, 256, 256), high_res_feats_1 (1, 64, 128, 128)
          float32 — what segany's CVAT function returns per image;

@@ -75,7 +75,8 @@ async def webhook(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "trained": False}, status_code=201)
 
 
-def _targets(config_outputs: tuple[OutputTag, ...], clicks: Clicks, images: dict[str, str]) -> tuple[str, list[OutputTag]]:
+def _targets(config_outputs: tuple[OutputTag, ...], clicks: Clicks, images: dict[str, str]
+             ) -> tuple[str, list[OutputTag]]:
     """The image the clicks are on (its data key) and the output tags drawing on it."""
     to_name = clicks.to_name if clicks.to_name in images else next(iter(images))
     tags = [tag for tag in config_outputs if tag.to_name == to_name]
