@@ -7,4 +7,6 @@ bash scripts/setup.sh test,text,supervision,ray
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will skip"
 fi
+# The real Label Studio for its end-to-end test, in its own virtualenv (built once, then reused).
+bash scripts/label_studio_venv.sh
 exec .venv/bin/python -m pytest -q "$@"

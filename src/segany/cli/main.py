@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "SEGANY_MODEL, SEGANY_CHECKPOINT, SEGANY_DEVICE and SEGANY_DTYPE.")
     add_bench_arguments(bench)
     opts.add_model_options(bench)
+    from segany.cli.export import add_export_parser
+
+    add_export_parser(commands, _subparser)
     return parser
 
 

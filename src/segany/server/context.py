@@ -27,6 +27,8 @@ class ServerContext:
     limits: Limits
     auto_defaults: dict[str, Any] = field(default_factory=dict)  # MaskGenerator defaults of /v1/auto and HF
     job_service: JobService | None = None  # set while the app runs (the lifespan starts and stops it)
+    # Per-app state a dialect keeps between requests (e.g. the Label Studio sites it was told about), by dialect.
+    dialect_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def jobs(self) -> JobService:

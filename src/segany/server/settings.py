@@ -91,6 +91,10 @@ class ServerSettings:
     allow_url_fetch: bool = _opt(False, "allow images given by http(s) URL (public addresses only)")
     fetch_max_mb: float = _opt(20.0, "largest image fetched by URL")
     fetch_timeout_s: float = _opt(10.0, "time limit for fetching one image URL")
+    label_studio_url: str | None = _opt(None, "Label Studio's address, for images its ML backend requests name by "
+                                        "path (/data/upload/...); default: the hostname Label Studio sends to /setup")
+    label_studio_api_key: str | None = _opt(None, "Label Studio access token (personal or legacy) used to fetch those "
+                                            "images; default: the token Label Studio sends to /setup")
     log_level: str = _opt("info", "log level")
 
     def __post_init__(self) -> None:

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
-from segany.server.dialects import cog, huggingface, livepeer, native, replicate, roboflow, segmind
+from segany.server.dialects import (
+    cog, cvat, huggingface, label_studio, livepeer, native, replicate, roboflow, segmind, xanylabeling,
+)
 from segany.server.dialects.dialect import Dialect
 from segany.server.http.errors import ErrorInfo
 
@@ -25,6 +27,9 @@ DIALECTS: tuple[Dialect, ...] = (
     replicate.DIALECT,
     cog.DIALECT,
     segmind.DIALECT,
+    label_studio.DIALECT,
+    cvat.DIALECT,
+    xanylabeling.DIALECT,
 )
 FALLBACK = native.DIALECT
 

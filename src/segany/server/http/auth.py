@@ -1,12 +1,16 @@
 """API-key checks in each dialect's convention.
 
 A key is accepted from `Authorization: Bearer <key>` (Livepeer, Hugging Face, Roboflow's newer
-clients), `x-api-key: <key>` (Segmind style), the `api_key` query parameter (Roboflow) or, on
+clients), `x-api-key: <key>` (Segmind style), `Token: <key>` (X-AnyLabeling), HTTP basic auth with the
+key as the password (Label Studio's ML backend settings; CVAT via `user:key@host`), the `api_key` query
+parameter (Roboflow) or, on
 Roboflow routes, the `api_key` field of the JSON body (what `inference_sdk` sends to a self-hosted
 server). With no keys configured every request passes.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -17,7 +21,8 @@ from segany.server.http.errors import Unauthorized
 
 # Health probes must work for load balancers that hold no key; the OpenAPI document and its docs page
 # describe the API without revealing any data, and the docs page cannot attach a key to its own fetch.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/xanylabeling/health"})
 
 # GET-only public prefixes: the web page's own files hold no data (the page asks the user for a key and sends
 # it with its API calls), and output files live under unguessable names, like Replicate's delivery URLs.
@@ -28,13 +33,24 @@ BODY_KEY_PREFIXES = ("/sam2/",)
 
 
 def key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The key from `Authorization: Bearer` or `x-api-key`; header names lower-case."""
+    """The key from `Authorization: Bearer|Basic`, `x-api-key` or `Token`; header names lower-case."""
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    api_key = headers.get("x-api-key", "").strip()
+    if scheme.lower() == "basic" and credentials.strip():
+        return _basic_auth_key(credentials.strip())
+    api_key = headers.get("x-api-key", "").strip() or headers.get("token", "").strip()
     return api_key or None
+
+
+def _basic_auth_key(credentials: str) -> str | None:
+    """The password of `user:password` (the user name is free), or the user when the password is empty."""
+    try:
+        user, _, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password or user or None
 
 
 def key_from_query(query_string: str) -> str | None:
