@@ -271,7 +271,7 @@ def test_jobs_of_a_killed_process_are_rerun_or_failed(tmp_path: Path) -> None:
     markers = {policy: tmp_path / f"{policy}.running" for policy in dbs}
     argv = [str(path) for policy in dbs for path in (dbs[policy], markers[policy])]
     child = subprocess.Popen([sys.executable, "-c", _CHILD, *argv], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+                             env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
         deadline = time.monotonic() + 120
         while not all(m.exists() for m in markers.values()) and child.poll() is None and time.monotonic() < deadline:

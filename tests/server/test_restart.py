@@ -54,7 +54,7 @@ def server_process(checkpoint: Path, data_dir: Path, log: Path, port: int,
     config = json.dumps({"checkpoint": str(checkpoint), "port": port, "jobs": jobs})
     with log.open("ab") as output:
         process = subprocess.Popen([sys.executable, "-c", _CHILD, config], cwd=REPO, stdout=output, stderr=output,
-                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+                                   env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
