@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 import segany
 from segany.errors import SeganyError
-from segany.server.http import health, openapi, webpage
+from segany.server.http import docs_assets, health, openapi, webpage
 from segany.server.jobs import service as jobs_service
 from segany.server.dialects import huggingface, livepeer, native, render_error, roboflow
 from segany.server.dialects.auto_params import parse_auto_defaults
@@ -78,7 +78,8 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(Exception, _handle_error)
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_keys=settings.api_keys,
-                       metrics=engine.metrics, render_error=render_error)
+                       metrics=engine.metrics, render_error=render_error, weights=engine.pool.default_weights)
     openapi.install(app)
+    docs_assets.install(app)  # /docs and /redoc with their assets served from here (they work offline)
     jobs_service.install(app, settings)  # Replicate, Cog and Segmind routes on the job store
     return app
