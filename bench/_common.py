@@ -150,7 +150,7 @@ def server_process(options: list[str], ready_timeout_s: float = 600) -> Iterator
     port = free_port()
     command = [sys.executable, "-m", "segany.server", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *options]
-    process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ))
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s

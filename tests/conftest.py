@@ -14,11 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from fixture_paths import CHECKPOINT_TOOL, IMAGES
+from fixture_paths import CHECKPOINT_TOOL, FIXTURES, IMAGES, SHARED
 
 # Servers started by tests (in-process or as subprocesses) keep their job database and files here,
 # never in the user's ~/.local/share/segany.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="segany-tests-")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying what is missing, when the shared reference data is not there."""
+    missing = [path for path in (FIXTURES / "goldens", IMAGES, CHECKPOINT_TOOL) if not path.exists()]
+    if missing:
+        raise pytest.UsageError(
+            f"the test fixtures are missing: {', '.join(map(str, missing))}. The suite needs the project's shared/ "
+            f"folder (goldens, images, tools/random_sam2_checkpoint.py) beside the checkout as ../shared, or "
+            f"SEGANY_SHARED=/path/to/shared (looked in {SHARED}); see README.md, 'Tests'.")
 
 
 def write_random_checkpoint(variant: str, out: Path) -> Path:

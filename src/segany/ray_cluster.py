@@ -32,7 +32,8 @@ def connect(address: str | None, num_cpus: int | None = None, verbose: bool = Fa
         return False
     options: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": verbose, "include_dashboard": False}
     if address is None:
-        ray.init(num_cpus=num_cpus, **options)
+        # "local": always a new private instance, never another process's instance found running on this machine.
+        ray.init(address="local", num_cpus=num_cpus, **options)
     else:
         options.pop("include_dashboard")
         ray.init(address=address, **options)

@@ -1,4 +1,4 @@
-"""The `segany` command: segment, auto, batch, serve, bench. See docs/cli.md.
+"""The `segany` command: segment, auto, batch, serve, weights, bench. See docs/cli.md.
 
 Exit status: 0 success; 1 the work failed (an image that cannot be decoded, weights that do not load, an
 error while running); 2 the command line is wrong (unknown option, bad value, missing file, unknown model,
@@ -41,6 +41,27 @@ def _usage_checks(check: Callable[[], Any]) -> Any:
         raise UsageError(str(error)) from None
 
 
+RANDOM_WEIGHTS_WARNING = (
+    "warning: {path} holds RANDOM weights: masks are noise (automatic masks are usually none at the defaults). "
+    "Get the official ones with `segany weights fetch {variant}` and drop --checkpoint / SEGANY_CHECKPOINT.")
+
+
+def _warn_random_weights(args: argparse.Namespace) -> None:
+    """Say on stderr, before any work, when the checkpoint this run uses is marked as random weights."""
+    from segany.model.weights import is_random_checkpoint
+
+    path = args.checkpoint or (args.model if Path(str(args.model)).is_file() else None)
+    if path and is_random_checkpoint(path):
+        variant = "VARIANT" if Path(str(args.model)).is_file() else args.model
+        print(RANDOM_WEIGHTS_WARNING.format(path=path, variant=variant), file=sys.stderr)
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    from segany.model.weights import check_device
+
+    _usage_checks(lambda: check_device(args.device))
+
+
 def _check_image_arg(path: str) -> None:
     if not Path(path).is_file():
         raise UsageError(f"image {path!r} is not a file")
@@ -80,6 +101,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError("--point works with at most one --box (one prompt); several boxes are one prompt each")
     _check_image_arg(args.image)
     _usage_checks(lambda: opts.check_model_option(args.model, args.checkpoint))
+    _check_device(args)
+    _warn_random_weights(args)
     if args.text is not None:
         from segany.predict.text.grounding import normalize_text
 
@@ -143,6 +166,8 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     _check_image_arg(args.image)
     _usage_checks(lambda: opts.check_model_option(args.model, args.checkpoint))
+    _check_device(args)
+    _warn_random_weights(args)
     amg = _usage_checks(lambda: opts.amg_kwargs(args))
 
     import segany
@@ -173,6 +198,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.mode != "boxes" and args.boxes is not None:
         raise UsageError("--boxes needs --mode boxes")
     _usage_checks(lambda: opts.check_model_option(args.model, args.checkpoint))
+    _check_device(args)
+    _warn_random_weights(args)
     items = _usage_checks(lambda: find_images(args.input))
     box_prompts = _usage_checks(lambda: load_box_prompts(args.boxes)) if args.boxes else None
     amg = _usage_checks(lambda: opts.amg_kwargs(args)) if args.mode == "auto" else {}
@@ -205,7 +232,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 # ---- segany serve / bench --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
     if args.ray is None:
+        from segany.model.weights import check_device
+
+        # A CPU-only torch asked for cuda: say how to fix it now, not in /readyz after start-up.
+        _usage_checks(lambda: check_device(args.device or os.environ.get("SEGANY_DEVICE") or None))
         from segany.server.launch import serve
 
         return serve(args)
@@ -315,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_settings_arguments(serve)
     add_ray_serve_arguments(serve)
+
+    from segany.cli.weights import add_weights_command
+
+    add_weights_command(commands, _subparser)
 
     from segany.cli.bench import add_bench_arguments
 

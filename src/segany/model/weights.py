@@ -5,11 +5,12 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 import torch
 
-from segany.errors import CheckpointError, ModelNotFound
+from segany.errors import CheckpointError, InvalidInput, ModelNotFound
+from segany.model import hub
 from segany.runtime import tune_cpu_allocator
 from segany.model.sam2 import SAM2ImageModel
 from segany.model.variants import VariantSpec, get_variant, list_variants, variant_for_trunk
@@ -27,6 +28,14 @@ VIDEO_ONLY_PREFIXES = (
     "obj_ptr_proj.",
     "obj_ptr_tpos_proj.",
 )
+
+# Where a loaded model's weights came from, kept on the model as `model.weights`: "official" (the
+# Hugging Face checkpoint of its variant), "file" (a checkpoint file the user gave), "random" (a file
+# marked as randomly initialised, such as the one scripts/serve.sh writes offline: its masks are noise).
+WeightsSource = Literal["official", "file", "random"]
+# Top-level entry of a checkpoint dict (beside "model") that marks it as random weights.
+RANDOM_MARKER_KEY = "segany_weights"
+RANDOM_MARKER_VALUE = "random"
 
 # Official prefix -> segany module path.
 KEY_RENAMES = (
@@ -61,24 +70,60 @@ def map_official_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str,
     return mapped, skipped
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The `model` state dict of an official `.pt` (loaded with weights_only=True) or a `.safetensors` file."""
+def _read_checkpoint_marked(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], bool]:
+    """(the `model` state dict, whether the file is marked as random weights)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         if path.suffix == ".safetensors":
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
-            return load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            return load_file(str(path)), metadata.get(RANDOM_MARKER_KEY) == RANDOM_MARKER_VALUE
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file?): {exc}") from exc
+    marked = False
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        marked = obj.get(RANDOM_MARKER_KEY) == RANDOM_MARKER_VALUE
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict (expected {{'model': {{name: tensor}}}})")
-    return obj
+    return obj, marked
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The `model` state dict of an official `.pt` (loaded with weights_only=True) or a `.safetensors` file."""
+    return _read_checkpoint_marked(path)[0]
+
+
+def is_random_checkpoint(path: str | os.PathLike) -> bool:
+    """True when the checkpoint file is marked as random weights; cheap (memory-mapped, tensors not read)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return (handle.metadata() or {}).get(RANDOM_MARKER_KEY) == RANDOM_MARKER_VALUE
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the load itself
+        return False
+    return isinstance(obj, dict) and obj.get(RANDOM_MARKER_KEY) == RANDOM_MARKER_VALUE
+
+
+def mark_random_checkpoint(path: str | os.PathLike) -> None:
+    """Mark a `{"model": state_dict}` `.pt` file as random weights, so every model loaded from it says so."""
+    path = Path(path)
+    state = read_checkpoint(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": state, RANDOM_MARKER_KEY: RANDOM_MARKER_VALUE}, tmp)
+    os.replace(tmp, path)
 
 
 def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> VariantSpec | None:
@@ -111,27 +156,23 @@ def load_state_dict_strict(model: SAM2ImageModel, official: Mapping[str, torch.T
     model.load_state_dict(mapped, strict=True)
 
 
+def fetch_hint(spec: VariantSpec) -> str:
+    """How to supply `spec`'s official weights: the commands that fetch them and the flag that passes a file."""
+    return (f"fetch them on a connected machine with `segany weights fetch {spec.name}` (or "
+            f"`{hub.fetch_command(spec.hf_id, spec.checkpoint_file)}`), or pass the file with --checkpoint PATH "
+            f"(env SEGANY_CHECKPOINT; library: checkpoint=PATH)")
+
+
 def resolve_checkpoint(spec: VariantSpec) -> Path:
     """Path of the official checkpoint for `spec`, from the Hugging Face cache or by download.
 
-    Offline (HF_HUB_OFFLINE set) or unreachable hub: fails at once with how to supply the file.
+    Offline (HF_HUB_OFFLINE) or with the hub unreachable it fails at once, naming the command that
+    fetches the file; a failed download is remembered in the process, so later calls fail at once too.
     """
-    from huggingface_hub import hf_hub_download
-
-    how = (
-        f"download {spec.checkpoint_file} from https://huggingface.co/{spec.hf_id} and pass it as "
-        f"checkpoint=PATH (CLI: --checkpoint PATH), or place it in the Hugging Face cache"
-    )
     try:
-        return Path(hf_hub_download(spec.hf_id, spec.checkpoint_file, local_files_only=True))
-    except Exception:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise ModelNotFound(f"{spec.name}: weights are not cached and HF_HUB_OFFLINE is set; {how}")
-    try:
-        return Path(hf_hub_download(spec.hf_id, spec.checkpoint_file, etag_timeout=5))
-    except Exception as exc:  # network errors, missing repo or file: all mean "not available"
-        raise ModelNotFound(f"{spec.name}: could not fetch {spec.hf_id}/{spec.checkpoint_file} ({type(exc).__name__}); {how}") from exc
+        return hub.download_file(spec.hf_id, spec.checkpoint_file, fetch_hint(spec))
+    except ModelNotFound as error:
+        raise ModelNotFound(f"{spec.name}: weights unavailable: {error}") from None
 
 
 def cpu_supports_bf16() -> bool:
@@ -157,6 +198,33 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+# The README's GPU section installs a CUDA build with this command.
+CUDA_INSTALL_HINT = "pip install torch --index-url https://download.pytorch.org/whl/cu128"
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The torch device for `device` (None: cuda when available, else cpu), or InvalidInput saying how to fix it."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInput(f"device {str(device)!r} is not a torch device (cpu, cuda, cuda:1, mps): {exc}",
+                           "device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            raise InvalidInput(
+                f"device {str(device)!r}: this torch ({torch.__version__}) is a CPU-only build. Install a CUDA "
+                f"build into this environment ({CUDA_INSTALL_HINT}; see the README's GPU section), or use "
+                "--device cpu", "device")
+        raise InvalidInput(
+            f"device {str(device)!r}: torch {torch.__version__} is built for CUDA {torch.version.cuda} but sees no "
+            "GPU (check `nvidia-smi`, the driver and CUDA_VISIBLE_DEVICES), or use --device cpu", "device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidInput(f"device {str(device)!r}: only {torch.cuda.device_count()} GPU(s) visible", "device")
+    return dev
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     checkpoint: str | os.PathLike | None = None,
@@ -168,10 +236,15 @@ def load_model(
     `name_or_path` is a variant name (`sam2.1_hiera_tiny`, see `list_variants()`), a Hugging Face id
     (`facebook/sam2.1-hiera-tiny`), or a local checkpoint file whose variant is inferred from its
     shapes. `checkpoint` overrides where the weights come from. `dtype` None picks bfloat16 where the
-    hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs) and float32 otherwise.
+    hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs) and float32 otherwise. The model records
+    where its weights came from: `model.weights` is "official", "file" or "random" (`WeightsSource`),
+    `model.checkpoint_path` the file read.
     """
+    dev = check_device(device)
     spec = get_variant(str(name_or_path))
     official: dict[str, torch.Tensor] | None = None
+    marked_random = False
+    source: WeightsSource = "file"
     if spec is None:
         path = Path(name_or_path)
         if not path.is_file():
@@ -180,19 +253,19 @@ def load_model(
                 "a Hugging Face id such as facebook/sam2.1-hiera-tiny, or a checkpoint file"
             )
         checkpoint = checkpoint or path
-        official = read_checkpoint(checkpoint)
+        official, marked_random = _read_checkpoint_marked(checkpoint)
         spec = infer_variant(official)
         if spec is None:
             raise CheckpointError(f"{checkpoint} does not look like a SAM 2 checkpoint (no known Hiera trunk)")
     if checkpoint is None:
         checkpoint = resolve_checkpoint(spec)
+        source = "official"
     if official is None:
-        official = read_checkpoint(checkpoint)
+        official, marked_random = _read_checkpoint_marked(checkpoint)
         found = infer_variant(official)
         if found is not None and found.hiera != spec.hiera:
             raise CheckpointError(f"{checkpoint} holds a {found.name} checkpoint, not {spec.name}")
 
-    dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cpu":
         tune_cpu_allocator()
     if isinstance(dtype, str):
@@ -214,4 +287,6 @@ def load_model(
         model.mask_decoder.to(dtype)
         model.no_mem_embed.data = model.no_mem_embed.data.to(dtype)
         # The prompt encoder stays float32: its Fourier features take sin/cos of large arguments.
+    model.weights = "random" if marked_random else source
+    model.checkpoint_path = str(checkpoint)
     return model

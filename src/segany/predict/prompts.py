@@ -2,6 +2,11 @@
 
 Every malformed prompt raises `InvalidPrompt` naming the field; nothing reaches the network as an
 assert or a raw tensor error.
+
+Out-of-image coordinates have one policy, here, for the library and every server route alike: points
+and box corners are clipped to the image (`[0, W] x [0, H]` in pixels, `[0, 1]` when normalised). A box
+that sticks out of the image keeps its visible part; a click past the edge lands on the edge. Clipping
+never fails, so one client's prompt cannot fail a decoder batch it shares with other requests.
 """
 from __future__ import annotations
 
@@ -85,6 +90,12 @@ def _mask_input(mask_input, mask_hw: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+def clip_to_image(coords_xy: np.ndarray, orig_hw: tuple[int, int], normalized: bool = False) -> np.ndarray:
+    """(..., 2) x, y clipped to the image: [0, W] x [0, H] pixels, or [0, 1] when `normalized`."""
+    upper = np.array([1.0, 1.0]) if normalized else np.array([orig_hw[1], orig_hw[0]], dtype=np.float64)
+    return np.clip(coords_xy, 0.0, upper)
+
+
 def _broadcast_batch(sizes: dict[str, int]) -> int:
     """Prompt parts may have batch B or 1 (shared by every row); anything else is ambiguous."""
     big = {n for n in sizes.values() if n != 1}
@@ -101,7 +112,8 @@ def prepare_prompts(
     """Validate prompts and map them to the model input frame.
 
     Coordinates are pixels of the original image when `normalize_coords` (the official meaning), else
-    already in [0, 1]. Several boxes may each carry their own points: box (B, 4) with points (B, N, 2).
+    already in [0, 1]; either way they are clipped to the image (see the module docstring). Several
+    boxes may each carry their own points: box (B, 4) with points (B, N, 2).
     """
     if point_coords is None and point_labels is not None:
         raise InvalidPrompt("point_labels given without point_coords", "point_labels")
@@ -135,6 +147,7 @@ def prepare_prompts(
 
     coords_t = labels_t = None
     if coords is not None:
+        coords = clip_to_image(coords, orig_hw, normalized=not normalize_coords)
         h, w = orig_hw
         scale = np.array([image_size / w, image_size / h]) if normalize_coords else np.array([image_size, image_size])
         coords_t = torch.as_tensor(coords * scale, dtype=torch.float32, device=device)

@@ -14,7 +14,7 @@ from segany.server.dialects.auto_params import parse_auto_defaults
 from segany.server.dialects.error_handlers import install_exception_handlers
 from segany.server.engine.engine import Engine
 from segany.server.engine.model_pool import ModelLoader
-from segany.server.http import health, openapi, webpage
+from segany.server.http import docs_assets, health, openapi, webpage
 from segany.server.http.middleware import GuardMiddleware
 from segany.server.jobs import files_route
 from segany.server.jobs.service import JobService
@@ -58,6 +58,7 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
         app.include_router(dialect.router)
     install_exception_handlers(app)
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_keys=settings.api_keys,
-                       metrics=engine.metrics, render_error=render_error)
+                       metrics=engine.metrics, render_error=render_error, weights=engine.pool.default_weights)
     openapi.install(app)
+    docs_assets.install(app)  # /docs and /redoc with their assets served from here (they work offline)
     return app

@@ -199,8 +199,6 @@ def test_quota_counts_down_then_406(live, image_b64) -> None:
     ({"coordinates": "[a,b]"}, "coordinates"),
     ({"coordinates": "[true,2]"}, "coordinates"),
     ({"coordinates": "[1e999,2]"}, "coordinates"),
-    ({"coordinates": "[5000,10]"}, "coordinates"),
-    ({"remove_coordinates": "[-1,10]"}, "remove_coordinates"),
     ({"coordinates": str([[1, 1]] * 65)}, "coordinates"),
     ({"coordinates": None}, "prompt"),
     ({"prompt": "x" * 1001}, "prompt"),

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from segany.errors import InvalidInput, InvalidPrompt, MissingExtra, ModelNotFound
+from segany.model import hub
 
 DEFAULT_MODEL_ID = "IDEA-Research/grounding-dino-tiny"
 
@@ -30,7 +31,7 @@ OWL_THRESHOLDS = (0.1, 0.0)
 _FAMILIES = {"grounding-dino": "grounding_dino", "mm-grounding-dino": "grounding_dino", "owlv2": "owlv2", "owlvit": "owlvit"}
 
 # What a model repository needs for inference; skips training states, ONNX exports and the like.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
 
 def normalize_text(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -214,26 +215,39 @@ def resolve_model_dir(
     if path.is_dir():
         return path
     repo_id = str(model_id)
-    how = (f"download it on a connected machine (`huggingface-cli download {repo_id}`) into the Hugging Face "
-           f"cache, or pass a local directory saved with save_pretrained as model_id")
+    how = detector_fetch_hint(repo_id)
     if path.exists() or repo_id.startswith((".", "/", "~")) or repo_id.count("/") > 1:
-        raise ModelNotFound(f"model_id {repo_id!r} is not a directory holding a detector; {how}")
+        raise ModelNotFound(f"detector {repo_id!r} is not a directory holding a detector; {how}")
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise MissingExtra("text", "huggingface_hub", "Loading detectors by hub id") from exc
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
-                                      allow_patterns=_HUB_PATTERNS))
+                                      allow_patterns=HUB_PATTERNS))
     except Exception:
         pass  # not cached (or not a valid id): the messages below say which
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise ModelNotFound(f"model_id {repo_id!r}: not in the Hugging Face cache and HF_HUB_OFFLINE is set; {how}")
+    reason = hub.hub_unreachable()  # once per process: no ~25 s of retries per attempt
+    if reason is not None:
+        raise ModelNotFound(f"detector {repo_id!r}: not in the Hugging Face cache and the hub cannot be used "
+                            f"({reason}); {how}")
+    earlier = hub.remembered_failure(repo_id)
+    if earlier is not None:
+        raise ModelNotFound(earlier)
     try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS,
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_PATTERNS,
                                       etag_timeout=5))
     except Exception as exc:  # unreachable hub, unknown repo, bad id: all mean "not available here"
-        raise ModelNotFound(f"model_id {repo_id!r}: could not fetch it ({type(exc).__name__}); {how}") from exc
+        message = f"detector {repo_id!r}: could not fetch it ({type(exc).__name__}); {how}"
+        hub.remember_failure(repo_id, "*", message)
+        raise ModelNotFound(message) from exc
+
+
+def detector_fetch_hint(repo_id: str) -> str:
+    """How to supply a detector: the command that fetches it and the flags that pass a local folder."""
+    return (f"fetch it on a connected machine with `segany weights fetch {repo_id}` (or "
+            f"`{hub.fetch_command(repo_id)}`), or pass a folder saved with save_pretrained: --detector DIR "
+            f"(segany serve: --text-model DIR; library: TextGrounder(model_id=DIR))")
 
 
 class HuggingFaceDetector:

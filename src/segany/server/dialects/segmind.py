@@ -112,14 +112,6 @@ def parse_points(value: str | list[Any] | None, field: str) -> np.ndarray:
     return points
 
 
-def _check_inside(points: np.ndarray, size_hw: tuple[int, int], field: str) -> None:
-    height, width = size_hw
-    outside = (points[:, 0] < 0) | (points[:, 0] > width) | (points[:, 1] < 0) | (points[:, 1] > height)
-    if outside.any():
-        x, y = points[int(np.argmax(outside))]
-        raise InvalidPrompt(f"{field}: point [{x:g},{y:g}] lies outside the {width}x{height} image", field)
-
-
 async def segment_mask(engine: Engine, fields: SamV2ImageIn, image: DecodedImage) -> np.ndarray:
     """The request's (H, W) bool mask: from the text prompt if there is one, else from the points."""
     prompt = (fields.prompt or "").strip()
@@ -132,8 +124,7 @@ async def segment_mask(engine: Engine, fields: SamV2ImageIn, image: DecodedImage
     negative = parse_points(fields.remove_coordinates, "remove_coordinates")
     if len(positive) + len(negative) == 0:
         raise InvalidPrompt("prompt: give a text prompt or coordinates", "prompt")
-    _check_inside(positive, image.size_hw, "coordinates")
-    _check_inside(negative, image.size_hw, "remove_coordinates")
+    # Points outside the image are clipped to it, as on every route (segany.predict.prompts).
     points = np.concatenate([positive, negative])
     labels = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))]).astype(np.int32)
     embedded = await engine.embed(image)
@@ -202,10 +193,6 @@ async def submit(request: Request) -> JSONResponse:
     base = jobs.base_url(request)
     image = await prepare_image(jobs, fields.image, api_key_id=key_id, base_url=base, field="image",
                                 plain_base64=True)
-    if image.size_hw is not None and not (fields.prompt or "").strip():
-        _check_inside(parse_points(fields.coordinates, "coordinates"), image.size_hw, "coordinates")
-        _check_inside(parse_points(fields.remove_coordinates, "remove_coordinates"), image.size_hw,
-                      "remove_coordinates")
     job, headers = jobs.submit(kind=KIND, model=SLUG, input={**fields.model_dump(), "image": image.value},
                                api_key_id=key_id, base_url=base, file_keys=image.keys)
     return JSONResponse({"request_id": job.id, "status": _STATUS[job.status],

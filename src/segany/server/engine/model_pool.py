@@ -51,6 +51,8 @@ class ModelPool:
         self.default_variant = canonical_variant(settings.model, settings.model)
         self._loaded: OrderedDict[str, Predictor] = OrderedDict()
         self.ever_loaded: set[str] = set()
+        # variant -> "official" | "file" | "random" (segany.load_model's `model.weights`), once loaded.
+        self.weights: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def resolve(self, name: str | None) -> str:
@@ -78,7 +80,15 @@ class ModelPool:
         checkpoint = self.checkpoint_for(variant)
         log.info("loading model %s (checkpoint %s)", variant, checkpoint or "from the Hugging Face cache")
         model = self._loader(variant, checkpoint=checkpoint, device=self.settings.device, dtype=self.settings.dtype)
+        self.weights[variant] = str(getattr(model, "weights", "file"))
+        if self.weights[variant] == "random":
+            log.warning("model %s has RANDOM weights (%s): its masks are noise; see README 'Weights' to get the "
+                        "official ones", variant, checkpoint)
         return Predictor(model)
+
+    def default_weights(self) -> str | None:
+        """Where the default model's weights came from ("official", "file", "random"); None until loaded."""
+        return self.weights.get(self.default_variant)
 
     async def get(self, variant: str) -> Predictor:
         """The predictor for a canonical variant name (from `resolve`), loading it off the event loop."""

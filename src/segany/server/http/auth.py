@@ -26,7 +26,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/doc
 
 # GET-only public prefixes: the web page's own files hold no data (the page asks the user for a key and sends
 # it with its API calls), and output files live under unguessable names, like Replicate's delivery URLs.
-PUBLIC_PAGE_PREFIXES = ("/static/", "/files/")
+PUBLIC_PAGE_PREFIXES = ("/static/", "/files/", "/docs/assets/")
 
 # Routes whose clients send the key inside the JSON body.
 BODY_KEY_PREFIXES = ("/sam2/",)

@@ -1,4 +1,4 @@
-"""ASGI middleware in front of every route: body-size limit, API keys, request metrics.
+"""ASGI middleware in front of every route: body-size limit, API keys, request metrics, weights header.
 
 The body is read here (up to `max_body_mb`, refused with 413 as soon as it is larger) and replayed to
 the route, so an oversized or unauthenticated upload is rejected before any parsing. Errors are
@@ -21,6 +21,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ErrorRenderer = Callable[[str, ErrorInfo], Any]  # (path, info) -> starlette Response
+WeightsSource = Callable[[], str | None]  # "official" | "file" | "random" of the default model; None: not loaded
+WEIGHTS_HEADER = "x-segany-weights"
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -31,8 +33,9 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 class GuardMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_keys: tuple[str, ...], metrics: ServerMetrics,
-                 render_error: ErrorRenderer) -> None:
+                 render_error: ErrorRenderer, weights: WeightsSource | None = None) -> None:
         self.app = app
+        self.weights = weights
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys
         self.metrics = metrics
@@ -48,6 +51,11 @@ class GuardMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                # Every answer says where the model's weights came from: random weights give noise masks.
+                source = self.weights() if self.weights is not None else None
+                if source:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (WEIGHTS_HEADER.encode(), source.encode("latin-1"))]}
             await send(message)
 
         try:

@@ -23,6 +23,13 @@ export function setApiKey(key) {
   try { sessionStorage.setItem(KEY_STORAGE, key); } catch { /* storage off: the key lasts this call only */ }
 }
 
+/** Show the page's banner while the server says (X-Segany-Weights, on every answer) its weights are random. */
+function noteWeights(response) {
+  const weights = response.headers.get("X-Segany-Weights");
+  const banner = document.getElementById("weights-banner");
+  if (weights && banner) banner.hidden = weights !== "random";
+}
+
 async function request(path, body) {
   const headers = {};
   const key = apiKey();
@@ -38,6 +45,7 @@ async function request(path, body) {
   } catch (error) {
     throw new ApiError(0, "network", `the server did not answer (${error.message})`, null);
   }
+  noteWeights(response);
   const text = await response.text();
   let document = null;
   try { document = text ? JSON.parse(text) : null; } catch { /* not JSON: reported below */ }
