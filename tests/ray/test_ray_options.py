@@ -118,3 +118,16 @@ def test_an_image_id_is_its_own_key_and_unreadable_requests_have_none():
 ])
 def test_only_requests_that_cannot_run_twice_are_retried(method, path, safe):
     assert retry_safe(method, path) is safe
+
+
+def test_cluster_metrics_sum_the_latest_counters_of_every_replica():
+    from segany.server.ray.backend import ReplicaAnswer
+    from segany.server.ray.ingress import SeganyIngress
+
+    ingress = SeganyIngress(backend=None, max_image_pixels=MAX_PIXELS, request_timeout_s=1.0)
+    for replica, node, hits, misses in [("r1", "n1", 1, 1), ("r2", "n2", 5, 2), ("r1", "n1", 3, 1)]:
+        ingress.replicas[replica] = ReplicaAnswer(200, [], b"", replica, node, hits, misses)
+    lines = ingress.cluster_metrics().splitlines()
+    assert "segany_cluster_embedding_cache_hits_total 8" in lines  # r1's latest (3) + r2's 5
+    assert "segany_cluster_embedding_cache_misses_total 3" in lines
+    assert 'segany_replica_embedding_cache_hits_total{replica="r2",node="n2"} 5' in lines

@@ -67,7 +67,7 @@ class SeganyIngress:
             return answer
         content = answer.body
         if path == "/metrics" and request.method == "GET" and answer.status == 200:
-            content += self.cluster_metrics().encode()
+            content = content.rstrip(b"\n") + b"\n" + self.cluster_metrics().encode()
         response = Response(content=content, status_code=answer.status)
         response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
                                 if k.lower() != "content-length"]
@@ -124,10 +124,14 @@ class SeganyIngress:
             "# HELP segany_replica_embedding_cache_hits_total embedding cache hits of one replica (last answer)",
             "# TYPE segany_replica_embedding_cache_hits_total counter",
         ]
-        for replica, answer in sorted(self.replicas.items()):
-            labels = f'replica="{replica}",node="{answer.node}"'
-            lines.append(f"segany_replica_embedding_cache_hits_total{{{labels}}} {answer.cache_hits}")
-            lines.append(f"segany_replica_embedding_cache_misses_total{{{labels}}} {answer.cache_misses}")
+        labelled = [(f'replica="{replica}",node="{answer.node}"', answer) for replica, answer in sorted(self.replicas.items())]
+        lines += [f"segany_replica_embedding_cache_hits_total{{{labels}}} {answer.cache_hits}" for labels, answer in labelled]
+        lines += [
+            "# HELP segany_replica_embedding_cache_misses_total embedding cache misses of one replica (last answer)",
+            "# TYPE segany_replica_embedding_cache_misses_total counter",
+        ]
+        lines += [f"segany_replica_embedding_cache_misses_total{{{labels}}} {answer.cache_misses}"
+                  for labels, answer in labelled]
         lines += [
             "# HELP segany_ingress_retries_total requests sent again after their replica went away",
             "# TYPE segany_ingress_retries_total counter",
