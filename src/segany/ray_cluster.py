@@ -7,11 +7,21 @@ from typing import Any
 from segany.errors import MissingExtra
 
 
+def loopback_only(address: str | None) -> bool:
+    """True for a Ray that lives on this machine's loopback only: a private local instance (None, "local"),
+    or a cluster whose nodes were started with `--node-ip-address 127.0.0.1` (ADDRESS 127.0.0.1:PORT)."""
+    if address in (None, "local"):
+        return True
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
 def import_ray(local_instance: bool = False) -> Any:
     """The ray module, or MissingExtra naming `segany[ray]`.
 
-    With `local_instance`, a Ray instance started by this process will listen on 127.0.0.1 only: a throwaway
-    single-machine instance has no reason to be reachable from the network. Ray reads that choice when it is
+    With `local_instance` (see `loopback_only`), Ray keeps to 127.0.0.1: a throwaway instance started here
+    listens on loopback only, and a driver joining a loopback cluster does not swap 127.0.0.1 for this
+    machine's network address (which the loopback nodes do not listen on). Ray reads that choice when it is
     first imported, so this must run before anything else imports ray.
     """
     if local_instance:
@@ -27,7 +37,7 @@ def import_ray(local_instance: bool = False) -> Any:
 def connect(address: str | None, num_cpus: int | None = None, verbose: bool = False) -> bool:
     """Join the cluster at `address` ("auto": the one this machine belongs to), or start a private local
     instance listening on 127.0.0.1 only. Returns True when this call started Ray (and should stop it)."""
-    ray = import_ray(local_instance=address is None)
+    ray = import_ray(local_instance=loopback_only(address))
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"log_to_driver": verbose, "configure_logging": verbose, "include_dashboard": False}

@@ -5,6 +5,12 @@ pool of actors, each holding one model (one per GPU, or per group of CPUs), labe
 `ImageAnnotator` as a local run. Rows come back to this process in input order (`preserve_order`), where the
 COCO writer records them exactly as a local run would.
 
+A node lost mid-run (its actors and the objects it held) is survived by Ray Data's retries: the lost blocks
+are recomputed elsewhere, and each image still reaches the output once because this process writes each row
+once, by index. A small ledger actor on this process's node records every start of every image; at the end
+the run's distribution (which node labelled which image, and which images were started again after a
+failure) is reported to `report`, and the batch runner keeps it in the COCO file's `info.segany.run.ray`.
+
 Every node needs segany (and its model weights: `--checkpoint` paths must exist on every node, or the
 weights must be in each node's Hugging Face cache).
 """
@@ -68,15 +74,36 @@ def _decode_row(row: dict[str, Any], max_pixels: int | None) -> dict[str, Any]:
             "error": error or ""}
 
 
+class RunLedger:
+    """Every start of every image (by input index) and the node it started on; one per run, on the driver's node."""
+
+    def __init__(self) -> None:
+        self.starts: dict[int, list[str]] = {}
+
+    def started(self, index: int, node_id: str) -> None:
+        self.starts.setdefault(index, []).append(node_id)
+
+    def all_starts(self) -> dict[int, list[str]]:
+        return self.starts
+
+
 class _AnnotateRows:
     """A Ray Data actor: builds the model once, then labels one decoded row at a time."""
 
-    def __init__(self, config: AnnotatorConfig) -> None:
+    def __init__(self, config: AnnotatorConfig, ledger: Any = None) -> None:
+        import ray
+
         from segany.batch.annotate import ImageAnnotator
 
         self.annotator = ImageAnnotator(config)
+        self.ledger = ledger
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if self.ledger is not None:
+            import ray
+
+            ray.get(self.ledger.started.remote(int(row["index"]), self.node_id))  # recorded before the work
         rgb = None
         if not row["error"]:
             rgb = np.frombuffer(row["pixels"], dtype=np.uint8).reshape(int(row["height"]), int(row["width"]), 3)
@@ -84,17 +111,61 @@ class _AnnotateRows:
         item = ImageItem("", "")
         _, size_hw, outcome = annotate_decoded(self.annotator, item, rgb, row["error"] or None, lambda _: boxes)
         if size_hw is None:
-            return {"index": row["index"], "height": 0, "width": 0, "error": str(outcome), "records": ""}
+            return {"index": row["index"], "height": 0, "width": 0, "error": str(outcome), "records": "",
+                    "node": self.node_id}
         return {"index": row["index"], "height": size_hw[0], "width": size_hw[1], "error": "",
-                "records": json.dumps(outcome)}
+                "records": json.dumps(outcome), "node": self.node_id}
+
+
+def distribution_report(items: Sequence[ImageItem], done_on: dict[int, str], starts: dict[int, list[str]],
+                        addresses: dict[str, str]) -> dict[str, Any]:
+    """The run's spread over the cluster: per node (id -> address, file names it labelled, and whether it was
+    still alive at the end) and the images started more than once (with the nodes of every start, in order)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for index in sorted(done_on):
+        node = done_on[index]
+        entry = nodes.setdefault(node, {"address": addresses.get(node, "?"), "images": []})
+        entry["images"].append(items[index].file_name)
+    retried = [{"file_name": items[index].file_name, "started_on": list(on), "done_on": done_on.get(index)}
+               for index, on in sorted(starts.items()) if len(on) > 1]
+    return {"nodes": nodes, "retried": retried}
+
+
+def describe_distribution(report: dict[str, Any]) -> list[str]:
+    """Human-readable lines of `distribution_report`'s result."""
+    lines = [f"ray node {node[:12]} ({entry['address']}): {len(entry['images'])} image(s): "
+             + ", ".join(entry["images"]) for node, entry in report["nodes"].items()]
+    for retry in report["retried"]:
+        lines.append(f"ray retried {retry['file_name']}: started on "
+                     + ", ".join(node[:12] for node in retry["started_on"])
+                     + f", done on {str(retry['done_on'])[:12]}")
+    if not report["retried"]:
+        lines.append("ray retried nothing")
+    return lines
+
+
+def _alive_node_addresses(ray: Any) -> dict[str, str]:
+    return {node["NodeID"]: node.get("NodeManagerAddress", "?") for node in ray.nodes()}
+
+
+def _start_ledger(ray: Any) -> Any:
+    """The ledger actor, pinned (no CPU) to this process's node so that losing a worker node never loses it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(num_cpus=0)(RunLedger).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote()
 
 
 def ray_results(
     items: Sequence[ImageItem], config: AnnotatorConfig, boxes_of: Callable[[ImageItem], list[BoxPrompt]],
     options: RayOptions, max_pixels: int | None, verbose: bool = False,
+    report: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[ImageResult]:
-    """Label `items` on Ray; yields the same (item, size_hw, records | error) tuples as a local run, in order."""
-    ray = import_ray(local_instance=options.address is None)
+    """Label `items` on Ray; yields the same (item, size_hw, records | error) tuples as a local run, in order.
+
+    When every item is through, `report` gets `distribution_report`'s summary of the run."""
+    ray = import_ray(local_instance=loopback_only(options.address))
     started_here = connect(options.address, options.num_cpus, verbose)
     try:
         from ray.data import ActorPoolStrategy, DataContext
@@ -108,20 +179,30 @@ def ray_results(
         context.print_on_execution_start = False
         if not verbose:  # Ray Data's notes (e.g. "progress bars disabled") would cut through segany's bar
             logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ledger = _start_ledger(ray)
         rows = [{"index": i, "path": item.path, "boxes": json.dumps([dataclasses.asdict(b) for b in boxes_of(item)])}
                 for i, item in enumerate(items)]
         dataset = (
             ray.data.from_items(rows, override_num_blocks=len(rows))
             .map(_decode_row, fn_kwargs={"max_pixels": max_pixels}, num_cpus=DECODE_CPUS)
-            .map(_AnnotateRows, fn_constructor_kwargs={"config": config}, compute=ActorPoolStrategy(size=workers),
-                 num_cpus=cpus, num_gpus=gpus)
+            .map(_AnnotateRows, fn_constructor_kwargs={"config": config, "ledger": ledger},
+                 compute=ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus)
         )
+        addresses = _alive_node_addresses(ray)  # before any node is lost, so lost nodes keep their address
+        done_on: dict[int, str] = {}
         for row in dataset.iter_rows():
-            item = items[int(row["index"])]
+            index = int(row["index"])
+            if index in done_on:  # cannot happen with Ray Data's exactly-once output; never write an image twice
+                continue
+            done_on[index] = str(row["node"])
+            item = items[index]
             if row["error"]:
                 yield item, None, str(row["error"])
             else:
                 yield item, (int(row["height"]), int(row["width"])), json.loads(row["records"])
+        if report is not None:
+            addresses |= _alive_node_addresses(ray)
+            report(distribution_report(items, done_on, ray.get(ledger.all_starts.remote()), addresses))
     finally:
         if started_here:
             ray.shutdown()

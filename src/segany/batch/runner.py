@@ -33,6 +33,7 @@ class BatchSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file_name, why) of unreadable images
     elapsed_s: float = 0.0
     interrupted: bool = False
+    ray: dict[str, Any] | None = None  # a Ray run's spread over the nodes (segany.batch.ray_data.distribution_report)
 
     @property
     def images_per_s(self) -> float:
@@ -83,6 +84,14 @@ class BatchRun:
     def _boxes_of(self, item: ImageItem) -> list[BoxPrompt]:
         return self.box_prompts.for_image(item.file_name) if self.box_prompts is not None else []
 
+    def _record_distribution(self, report: dict[str, Any]) -> None:
+        from segany.batch.ray_data import describe_distribution
+
+        self.summary.ray = report
+        self.writer.run_info["ray"] = report
+        for line in describe_distribution(report):
+            self.say(line)
+
     def run(self, *, progress: bool = True, ray: RayOptions | None = None,
             on_result: Callable[[ImageItem, bool], None] | None = None) -> BatchSummary:
         """Label the images not done yet. Model errors pass through (after saving what finished);
@@ -100,7 +109,8 @@ class BatchRun:
             if ray is not None:
                 from segany.batch.ray_data import ray_results
 
-                results = ray_results(self.todo, self.config, self._boxes_of, ray, self.max_pixels)
+                results = ray_results(self.todo, self.config, self._boxes_of, ray, self.max_pixels,
+                                      report=self._record_distribution)
             else:
                 results = local_results(self.todo, self.config, self._boxes_of, self.decode_workers, self.max_pixels)
             for item, size_hw, outcome in results:

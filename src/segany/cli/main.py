@@ -209,9 +209,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         text_threshold=args.text_threshold, multimask=args.multimask))
     ray = None
     if args.ray is not None:
-        from segany.ray_cluster import import_ray
+        from segany.ray_cluster import import_ray, loopback_only
 
-        _usage_checks(lambda: import_ray(local_instance=args.ray == "local"))
+        _usage_checks(lambda: import_ray(local_instance=loopback_only(args.ray)))
         ray = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
                          cpus_per_worker=args.ray_cpus_per_worker, gpus_per_worker=args.ray_gpus_per_worker,
                          num_cpus=args.ray_num_cpus)

@@ -1,0 +1,147 @@
+"""The HTTP entry of `segany serve --ray`: a thin ingress that routes each request to the right replica.
+
+Ray Serve's proxy hands every HTTP request to this deployment (no model, no CPU reserved, on the head
+node by default). It reads the request's image key (`segany.server.ray.affinity`) and forwards the request
+through a `DeploymentHandle` to the model replicas with `multiplexed_model_id=key`, so requests for one
+image reach the replica that holds its embedding. Every dialect passes through unchanged: the ingress
+forwards method, path, query, headers and body, and returns the replica's status, headers and body.
+
+When a replica dies under a request (killed, or its node lost), the ingress sends the request again to
+another replica if that cannot do anything twice (`retry_safe`); otherwise, or when no replica answers in
+time, the client gets a deliberate 503 with `Retry-After` in its dialect's error shape. No request waits
+longer than `request_timeout_s` plus a little. `/metrics` adds the embedding cache counters summed over
+every replica that has answered (each answer carries its replica's counters).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from segany.server.http.errors import ErrorInfo
+from segany.server.ray.affinity import affinity_key, retry_safe
+from segany.server.ray.backend import ForwardedRequest, ReplicaAnswer
+
+log = logging.getLogger("segany.server.ray")
+
+RETRY_AFTER_S = 2  # about the time Ray needs to notice a dead replica and route around it
+RETRY_PAUSE_S = 0.5
+
+
+def _retryable_errors() -> tuple[type[BaseException], ...]:
+    """Errors meaning 'the replica went away', not 'the application failed' (those come back as answers)."""
+    from ray import exceptions as ray_errors
+    from ray.serve import exceptions as serve_errors
+
+    return (ray_errors.RayActorError, ray_errors.NodeDiedError, ray_errors.WorkerCrashedError,
+            ray_errors.ObjectLostError, serve_errors.BackPressureError, serve_errors.ReplicaUnavailableError)
+
+
+class SeganyIngress:
+    """Forwards HTTP requests to `backend` (a handle to `SeganyBackend`) by image key; see the module docstring."""
+
+    def __init__(self, backend: Any, max_image_pixels: int, request_timeout_s: float, retries: int = 3) -> None:
+        self.backend = backend
+        self.max_image_pixels = max_image_pixels
+        self.timeout_s = request_timeout_s + 10.0  # the replica's own limit answers first when it is alive
+        self.retries = retries
+        self.replicas: dict[str, ReplicaAnswer] = {}  # latest answer per replica (counters only are read)
+        self.retried = 0
+        self.unavailable = 0
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        path = request.url.path
+        key = await asyncio.to_thread(affinity_key, request.headers.get("content-type", ""), body,
+                                      self.max_image_pixels)
+        forwarded = ForwardedRequest(method=request.method, path=path, query=request.url.query,
+                                     headers=[(k.decode("latin-1"), v.decode("latin-1"))
+                                              for k, v in request.headers.raw],
+                                     body=body)
+        answer = await self._forward(forwarded, key)
+        if isinstance(answer, Response):
+            return answer
+        content = answer.body
+        if path == "/metrics" and request.method == "GET" and answer.status == 200:
+            content = content.rstrip(b"\n") + b"\n" + self.cluster_metrics().encode()
+        response = Response(content=content, status_code=answer.status)
+        response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
+                                if k.lower() != "content-length"]
+        response.headers["content-length"] = str(len(content))
+        response.headers["x-segany-replica"] = answer.replica
+        response.headers["x-segany-node"] = answer.node
+        return response
+
+    async def _forward(self, forwarded: ForwardedRequest, key: str | None) -> ReplicaAnswer | Response:
+        handle = self.backend.options(multiplexed_model_id=key) if key else self.backend
+        deadline = time.monotonic() + self.timeout_s
+        safe = retry_safe(forwarded.method, forwarded.path)
+        attempt = 0
+        while True:
+            pending = handle.handle.remote(forwarded)
+            try:
+                answer = await asyncio.wait_for(_result(pending), timeout=max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pending.cancel()
+                return self._unavailable(forwarded.path, "no replica answered in time")
+            except _retryable_errors() as error:
+                attempt += 1
+                log.warning("replica lost under %s %s (attempt %d): %s", forwarded.method, forwarded.path, attempt,
+                            type(error).__name__)
+                if not safe or attempt > self.retries or time.monotonic() + RETRY_PAUSE_S >= deadline:
+                    return self._unavailable(forwarded.path, "the replica serving this request went away")
+                self.retried += 1
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
+            self.replicas[answer.replica] = answer
+            return answer
+
+    def _unavailable(self, path: str, why: str) -> Response:
+        from segany.server.dialects import render_error
+
+        self.unavailable += 1
+        info = ErrorInfo(503, "unavailable", f"{why}; retry in {RETRY_AFTER_S} s", None,
+                         {"Retry-After": str(RETRY_AFTER_S)})
+        response = render_error(path, info)
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
+    def cluster_metrics(self) -> str:
+        """Prometheus lines: cache counters per replica and summed, and this ingress's retries and 503s."""
+        hits = sum(a.cache_hits for a in self.replicas.values())
+        misses = sum(a.cache_misses for a in self.replicas.values())
+        lines = [
+            "# HELP segany_cluster_embedding_cache_hits_total embedding cache hits summed over the replicas",
+            "# TYPE segany_cluster_embedding_cache_hits_total counter",
+            f"segany_cluster_embedding_cache_hits_total {hits}",
+            "# HELP segany_cluster_embedding_cache_misses_total embedding cache misses summed over the replicas",
+            "# TYPE segany_cluster_embedding_cache_misses_total counter",
+            f"segany_cluster_embedding_cache_misses_total {misses}",
+            "# HELP segany_replica_embedding_cache_hits_total embedding cache hits of one replica (last answer)",
+            "# TYPE segany_replica_embedding_cache_hits_total counter",
+        ]
+        labelled = [(f'replica="{replica}",node="{answer.node}"', answer) for replica, answer in sorted(self.replicas.items())]
+        lines += [f"segany_replica_embedding_cache_hits_total{{{labels}}} {answer.cache_hits}" for labels, answer in labelled]
+        lines += [
+            "# HELP segany_replica_embedding_cache_misses_total embedding cache misses of one replica (last answer)",
+            "# TYPE segany_replica_embedding_cache_misses_total counter",
+        ]
+        lines += [f"segany_replica_embedding_cache_misses_total{{{labels}}} {answer.cache_misses}"
+                  for labels, answer in labelled]
+        lines += [
+            "# HELP segany_ingress_retries_total requests sent again after their replica went away",
+            "# TYPE segany_ingress_retries_total counter",
+            f"segany_ingress_retries_total {self.retried}",
+            "# HELP segany_ingress_unavailable_total requests answered 503 because no replica could answer",
+            "# TYPE segany_ingress_unavailable_total counter",
+            f"segany_ingress_unavailable_total {self.unavailable}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+async def _result(pending: Any) -> ReplicaAnswer:
+    return await pending
