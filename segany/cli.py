@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "SEGANY_MODEL, SEGANY_CHECKPOINT, SEGANY_DEVICE and SEGANY_DTYPE.")
     add_bench_arguments(bench)
     opts.add_model_options(bench)
+    from segany.cli_track import add_parser as add_track_parser
+    add_track_parser(commands)
     return parser
 
 
