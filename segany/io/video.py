@@ -60,7 +60,8 @@ class FrameSource:
     def __getitem__(self, index: int) -> np.ndarray:
         """Frame `index` as (H, W, 3) uint8 RGB."""
         if not self.has(index):
-            raise InvalidInput(f"frame {index} is past the end of the video ({self.count_up_to(index)} frames)", "frame")
+            count = self.count_up_to(index)
+            raise InvalidInput(f"frame {index} is past the end of the video ({count} frames)", "frame")
         frame = self._read(index)
         self._check_frame(index, frame)
         return frame
@@ -81,7 +82,8 @@ class FrameSource:
         if self._size_hw is None:
             self._size_hw = (h, w)
         elif (h, w) != self._size_hw:
-            raise InvalidInput(f"frame {index} is {w}x{h}, unlike the video's {self._size_hw[1]}x{self._size_hw[0]}", FIELD)
+            vh, vw = self._size_hw
+            raise InvalidInput(f"frame {index} is {w}x{h}, unlike the video's {vw}x{vh}", FIELD)
 
     def close(self) -> None:
         """Release files and decoders (also done when the source is garbage-collected)."""
@@ -246,7 +248,8 @@ class VideoFileFrames(FrameSource):
             frame = next(self._decoder)  # type: ignore[arg-type]
         except StopIteration:
             self._next = -1
-            raise InvalidInput(f"frame {target} of {self.path} could not be decoded (the stream ended)", FIELD) from None
+            raise InvalidInput(f"frame {target} of {self.path} could not be decoded (the stream ended)",
+                               FIELD) from None
         except (av.FFmpegError, ValueError) as exc:
             self._next = -1
             raise InvalidInput(f"frame {target} of {self.path} is corrupt ({exc})", FIELD) from exc
@@ -265,7 +268,9 @@ class VideoFileFrames(FrameSource):
         self._container.close()
 
 
-def open_video(source: Any, *, max_frames: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
+def open_video(
+    source: Any, *, max_frames: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> FrameSource:
     """A `FrameSource` for a video file or folder path, a sequence/4-D array of frames, or an iterable of frames.
 
     `max_frames` and `max_pixels` (per frame) are limits: a longer or larger video is an `InvalidInput`.

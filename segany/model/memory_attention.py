@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def axial_rope_tables(head_dim: int, grid_hw: tuple[int, int], theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+def axial_rope_tables(
+    head_dim: int, grid_hw: tuple[int, int], theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """2D rotary tables for the tokens of an H x W grid (row-major): (cos, signed sin), each (H*W, head_dim).
 
     Channel pairs (2i, 2i+1) rotate together by one angle: the first head_dim // 4 pairs by the token's
@@ -47,7 +49,8 @@ class RoPEAttention(nn.Module):
     Keys and values may come in with `kv_dim` channels (the 64-channel memories).
     """
 
-    def __init__(self, dim: int, num_heads: int, grid_hw: tuple[int, int], theta: float, kv_dim: int | None = None) -> None:
+    def __init__(self, dim: int, num_heads: int, grid_hw: tuple[int, int], theta: float,
+                 kv_dim: int | None = None) -> None:
         super().__init__()
         kv_dim = kv_dim or dim
         self.num_heads = num_heads
@@ -96,7 +99,8 @@ class MemoryAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_ptr_tokens: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
+                num_ptr_tokens: int) -> torch.Tensor:
         y = self.norm1(x)
         x = x + self.self_attn(y, y, y)
         y = self.norm2(x)
@@ -110,7 +114,9 @@ class MemoryAttention(nn.Module):
     def __init__(self, dim: int = 256, mem_dim: int = 64, num_layers: int = 4, ffn_dim: int = 2048,
                  grid_hw: tuple[int, int] = (64, 64), theta: float = 10000.0) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(MemoryAttentionLayer(dim, mem_dim, ffn_dim, grid_hw, theta) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            MemoryAttentionLayer(dim, mem_dim, ffn_dim, grid_hw, theta) for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: torch.Tensor, tokens_pos: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,

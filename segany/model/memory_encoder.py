@@ -19,7 +19,8 @@ class MaskDownSampler(nn.Module):
     Channels grow 4x per step (1 -> 4 -> 16 -> 64 -> 256) before the projection to `dim`.
     """
 
-    def __init__(self, dim: int = 256, total_stride: int = 16, kernel_size: int = 3, stride: int = 2, padding: int = 1) -> None:
+    def __init__(self, dim: int = 256, total_stride: int = 16, kernel_size: int = 3, stride: int = 2,
+                 padding: int = 1) -> None:
         super().__init__()
         steps = round(math.log(total_stride, stride))
         layers: list[nn.Module] = []

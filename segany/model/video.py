@@ -142,8 +142,8 @@ class SAM2VideoModel(nn.Module):
         """Fuse a frame's features with memories, (1, 256, 64, 64) float32.
 
         memories: (frames_back, memory (1, mem_dim, 64, 64)) with frames_back 0 for conditioning frames and k
-        for the frame k steps back along the tracking direction (k < num_maskmem). pointers: (frame distance, object pointer (1, 256)); the
-        distance's temporal encoding is normalised by `max_ptr_distance`.
+        for the frame k steps back along the tracking direction (k < num_maskmem). pointers: (frame distance,
+        object pointer (1, 256)); the distance's temporal encoding is normalised by `max_ptr_distance`.
         """
         v = self.spec.video
         b, c, h, w = top.shape

@@ -204,7 +204,9 @@ def _read_official(
     return spec, official, str(checkpoint)
 
 
-def _device_and_dtype(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:
+def _device_and_dtype(
+    device: str | torch.device | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cpu":
         tune_cpu_allocator()

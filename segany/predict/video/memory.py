@@ -31,7 +31,9 @@ class FrameOutput:
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.pred_masks, self.obj_ptr, self.object_score] + ([self.memory] if self.memory is not None else [])
+        tensors = [self.pred_masks, self.obj_ptr, self.object_score]
+        if self.memory is not None:
+            tensors.append(self.memory)
         return sum(t.numel() * t.element_size() for t in tensors)
 
 

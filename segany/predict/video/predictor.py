@@ -44,7 +44,8 @@ class VideoPredictor:
     def variant(self) -> str:
         return self.model.variant
 
-    def start(self, video: Any, *, max_frames: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Session:
+    def start(self, video: Any, *, max_frames: int | None = None,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Session:
         """A session on `video`: a video file, a folder of frame images, a sequence or (T, H, W, 3) array of
         HxWx3 uint8 frames, or any iterable of them. Frames are decoded when first needed.
 

@@ -135,7 +135,8 @@ class Session:
         self._objects.clear()
 
     # ---- tracking -------------------------------------------------------------------------------------
-    def propagate(self, start: int | None = None, reverse: bool = False, max_frames: int | None = None) -> Iterator[FrameResult]:
+    def propagate(self, start: int | None = None, reverse: bool = False,
+                  max_frames: int | None = None) -> Iterator[FrameResult]:
         """Track every object from `start` (default: the earliest prompted frame) to the end, or to frame 0 when
         `reverse`, yielding each frame's result as it is computed (nothing is kept for the caller).
 
@@ -286,8 +287,8 @@ class Session:
             if coords.ndim != 2 or coords.shape[1] != 2:
                 raise InvalidPrompt(f"points must be (N, 2) xy, got shape {coords.shape}", "points")
             if point_labels.shape != (coords.shape[0],):
-                raise InvalidPrompt(f"labels must be ({coords.shape[0]},), one per point, got shape {point_labels.shape}",
-                                    "labels")
+                raise InvalidPrompt(
+                    f"labels must be ({coords.shape[0]},), one per point, got shape {point_labels.shape}", "labels")
             if not np.isin(point_labels, (0, 1)).all():
                 raise InvalidPrompt("labels must be 1 (keep) or 0 (exclude)", "labels")
         if box is not None:
@@ -305,7 +306,8 @@ class Session:
             h, w = self.size_hw
             xy = xy / torch.tensor([w, h])
         xy = xy * self.model.spec.image_size
-        return xy.to(self.model.device), torch.from_numpy(point_labels.astype(np.int32)).unsqueeze(0).to(self.model.device)
+        labels_t = torch.from_numpy(point_labels.astype(np.int32)).unsqueeze(0)
+        return xy.to(self.model.device), labels_t.to(self.model.device)
 
     def _prompt_mask(self, mask: Any) -> torch.Tensor:
         """(H, W) mask -> (1, 1, S, S) float 0/1 in the model frame (antialiased resize, >= 0.5)."""
