@@ -1,6 +1,6 @@
 """Track 2 objects through a synthetic clip with segany's `VideoPredictor`, beside transformers' `Sam2VideoModel`.
 
-    python bench/bench_video.py [--variant tiny] [--frames 300] [--size 640x360] [--hf-frames 20] [--skip-hf]
+    python bench/bench_video.py [--variant tiny] [--frames 300] [--size 640x360] [--hf-frames 10] [--skip-hf]
 
 The clip is a camera pan over a fixture photo (scaled up to cover the frame), made here and handed to segany
 as a generator, so frames are produced, decoded and spooled lazily as tracking reaches them. Two objects are
@@ -11,8 +11,9 @@ prompted on frame 0 (a click and a box) and tracked to the end. Printed, all fro
   - seconds per tracked frame against one embed + one decode measured in the same process (a tracked frame
     is one embed plus, per object, memory attention, a decode and the memory encoder);
   - transformers' `Sam2VideoModel` on the same frames and the same random weights (converted), streamed
-    frame by frame, for `--hf-frames` frames; the largest logit gap between the two on frame 0 shows they
-    run the same network. Skipped with a printed reason when transformers cannot run it.
+    frame by frame and interleaved with segany (frame t by one, then the other) for the first `--hf-frames`
+    frames, compared with segany over those same frames; the largest logit gap between the two on frame 0
+    shows they run the same network. Skipped with a printed reason when transformers cannot run it.
 """
 from __future__ import annotations
 
@@ -82,20 +83,28 @@ def prompt_frame0(session, size_wh: tuple[int, int]):
     return session.add_box(0, 2, [v * (w / 640 if i % 2 == 0 else h / 360) for i, v in enumerate(BOX_XYXY)])
 
 
-def bench_segany(model, frames: int, size_wh: tuple[int, int], image: Path) -> dict:
-    tracker = segany.VideoPredictor(model)
-    session = tracker.start(pan_clip(frames, size_wh, image))
+def track(model, hf: HfTracker | None, frames: int, hf_frames: int, size_wh: tuple[int, int],
+          image: Path) -> dict:
+    """Track the clip with segany; transformers, when given, steps through the same frames in turn (frame t
+    by segany, then by transformers) for its first `hf_frames`, so load drifting on a shared machine hits both."""
+    session = segany.VideoPredictor(model).start(pan_clip(frames, size_wh, image))
     first = prompt_frame0(session, size_wh)
+    hf_clip = pan_clip(hf_frames, size_wh, image) if hf is not None else iter(())
     times: list[float] = []
+    hf_times: list[float] = []
     rss_at_10 = None
-    start = time.perf_counter()
-    for result in session.propagate():
-        now = time.perf_counter()
-        times.append(now - start)
-        start = now
+    results = session.propagate()
+    for t in range(frames):
+        start = time.perf_counter()
+        result = next(results)
+        times.append(time.perf_counter() - start)
+        rgb = next(hf_clip, None)
+        if rgb is not None:
+            hf_times.append(hf.step(rgb))  # type: ignore[union-attr]
         if result.index == 10:
             rss_at_10 = peak_rss_mb()
-    return {"first": first, "times": times[1:], "rss_10": rss_at_10, "rss_end": peak_rss_mb(),
+    # Frame 0 is the prompted frame (no tracking): left out of the per-frame times.
+    return {"first": first, "times": times[1:], "hf_times": hf_times[1:], "rss_10": rss_at_10, "rss_end": peak_rss_mb(),
             "state_mb": session.state_nbytes / 2**20, "frames": len(times)}
 
 
@@ -176,30 +185,40 @@ def build_hf_video_model(spec: VariantSpec, checkpoint: Path):
     return model.eval().requires_grad_(False)
 
 
-def bench_hf(hf_model, seg_model, frames: int, size_wh: tuple[int, int], image: Path) -> dict:
-    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+class HfTracker:
+    """transformers' `Sam2VideoModel` fed the same preprocessed frames one by one (streaming session), with the
+    same two prompts on frame 0."""
 
-    w, h = size_wh
-    session = Sam2VideoInferenceSession(video=None, video_height=h, video_width=w, inference_device="cpu",
-                                        inference_state_device="cpu", video_storage_device="cpu", dtype=torch.float32)
-    s = 1024.0
-    click = torch.tensor([[[[CLICK_XY[0] * w / 640 / w * s, CLICK_XY[1] * h / 360 / h * s]]]])
-    box = [v * (w / 640 if i % 2 == 0 else h / 360) for i, v in enumerate(BOX_XYXY)]
-    box_pts = torch.tensor([[[[box[0] / w * s, box[1] / h * s], [box[2] / w * s, box[3] / h * s]]]])
-    for obj_id, coords, labels in ((1, click, [[[1]]]), (2, box_pts, [[[2, 3]]])):
-        idx = session.obj_id_to_idx(obj_id)
-        session.add_point_inputs(idx, 0, {"point_coords": coords, "point_labels": torch.tensor(labels, dtype=torch.int32)})
-    session.obj_with_new_inputs = [1, 2]
-    times, first = [], None
-    with torch.inference_mode():
-        for t, rgb in enumerate(pan_clip(frames, size_wh, image)):
+    def __init__(self, hf_model, seg_model, size_wh: tuple[int, int]) -> None:
+        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+        w, h = size_wh
+        self.model, self.seg_model, self.size_wh = hf_model, seg_model, size_wh
+        self.session = Sam2VideoInferenceSession(video=None, video_height=h, video_width=w, inference_device="cpu",
+                                                 inference_state_device="cpu", video_storage_device="cpu",
+                                                 dtype=torch.float32)
+        s = 1024.0  # prompts in the model frame, as HF's processor would send them
+        click = torch.tensor([[[[CLICK_XY[0] / 640 * s, CLICK_XY[1] / 360 * s]]]])
+        box = torch.tensor([[[[BOX_XYXY[0] / 640 * s, BOX_XYXY[1] / 360 * s],
+                              [BOX_XYXY[2] / 640 * s, BOX_XYXY[3] / 360 * s]]]])
+        for obj_id, coords, labels in ((1, click, [[[1]]]), (2, box, [[[2, 3]]])):
+            idx = self.session.obj_id_to_idx(obj_id)
+            self.session.add_point_inputs(idx, 0, {"point_coords": coords,
+                                                   "point_labels": torch.tensor(labels, dtype=torch.int32)})
+        self.session.obj_with_new_inputs = [1, 2]
+        self.first: np.ndarray | None = None
+
+    def step(self, rgb: np.ndarray) -> float:
+        """Track the next frame; returns its seconds (preprocessing included, as on segany's side)."""
+        with torch.inference_mode():
             start = time.perf_counter()
-            out = hf_model(inference_session=session, frame=seg_model.preprocess_frame(rgb)[0])
-            times.append(time.perf_counter() - start)
-            if t == 0:
-                first = torch.nn.functional.interpolate(out.pred_masks.float(), size=(h, w), mode="bilinear",
-                                                        align_corners=False)[:, 0].numpy()
-    return {"times": times[1:], "first": first, "rss_end": peak_rss_mb()}
+            out = self.model(inference_session=self.session, frame=self.seg_model.preprocess_frame(rgb)[0])
+            seconds = time.perf_counter() - start
+        if self.first is None:
+            h, w = self.size_wh[1], self.size_wh[0]
+            self.first = torch.nn.functional.interpolate(out.pred_masks.float(), size=(h, w), mode="bilinear",
+                                                         align_corners=False)[:, 0].numpy()
+        return seconds
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
@@ -208,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", default="tiny", help="tiny, small, base_plus, large (SAM 2.1) or a full variant name")
     ap.add_argument("--frames", type=int, default=300, help="frames to track (at least 12: RSS is read at frame 10)")
     ap.add_argument("--size", default="640x360", help="frame size WxH")
-    ap.add_argument("--hf-frames", type=int, default=20, help="frames transformers tracks (it keeps every frame)")
+    ap.add_argument("--hf-frames", type=int, default=10,
+                    help="frames transformers tracks, at most 10 (it keeps every frame and output)")
     ap.add_argument("--skip-hf", action="store_true", help="time segany only")
     ap.add_argument("--image", default=str(IMAGES / "astronaut.png"), help="photo the pan runs over")
     args = ap.parse_args(argv)
@@ -226,27 +246,29 @@ def main(argv: list[str] | None = None) -> int:
     model = segany.load_video_model(spec.name, checkpoint=checkpoint, device="cpu", dtype=torch.float32)
     one_frame = next(pan_clip(1, (w, h), Path(args.image)))
     embed_s, decode_s = embed_and_decode(model, one_frame, repeats=3)
-    ours = bench_segany(model, args.frames, (w, h), Path(args.image))
+    hf, hf_note = None, ""
+    if not args.skip_hf:
+        try:
+            hf = HfTracker(build_hf_video_model(spec, checkpoint), model, (w, h))
+        except Exception as exc:  # noqa: BLE001  (any failure of the peer only skips the comparison)
+            hf_note = f"transformers Sam2VideoModel skipped: {type(exc).__name__}: {exc}"
+    # transformers keeps every frame: it runs only before the frame-10 RSS reading, so segany's growth is its own.
+    hf_frames = min(args.hf_frames, 10) if hf is not None else 0
+    ours = track(model, hf, args.frames, hf_frames, (w, h), Path(args.image))
     per_frame = statistics.median(ours["times"])
     rows = [["segany", ours["frames"], per_frame, per_frame / (embed_s + decode_s), ours["rss_10"], ours["rss_end"],
              ours["rss_end"] - ours["rss_10"]]]
-
-    hf_note = ""
-    if not args.skip_hf:
-        try:
-            hf_model = build_hf_video_model(spec, checkpoint)
-            theirs = bench_hf(hf_model, model, min(args.hf_frames, args.frames), (w, h), Path(args.image))
-            hf_frame = statistics.median(theirs["times"])
-            # transformers fills no holes: compare with segany's frame 0 without hole filling.
-            plain = prompt_frame0(segany.VideoPredictor(model, fill_hole_area=0).start([one_frame]), (w, h))
-            gap = float(np.abs(np.clip(theirs["first"], -32, 32) - np.clip(plain.logits, -32, 32)).max())
-            # Peak RSS is per process: transformers ran second, so its row shows how far it raised the peak.
-            rows.append(["transformers", len(theirs["times"]) + 1, hf_frame, hf_frame / (embed_s + decode_s), None,
-                         theirs["rss_end"], theirs["rss_end"] - ours["rss_end"]])
-            hf_note = f"frame-0 logit gap segany vs transformers: {gap:.4f}; transformers/segany per frame: " \
-                      f"{hf_frame / per_frame:.2f} (> 1: segany faster)"
-        except Exception as exc:  # noqa: BLE001  (any failure of the peer only skips the comparison)
-            hf_note = f"transformers Sam2VideoModel skipped: {type(exc).__name__}: {exc}"
+    if hf is not None and ours["hf_times"]:
+        n = len(ours["hf_times"])
+        hf_frame = statistics.median(ours["hf_times"])
+        same = statistics.median(ours["times"][:n])  # early frames attend to fewer memories: the same frames
+        # transformers fills no holes: compare with segany's frame 0 without hole filling.
+        plain = prompt_frame0(segany.VideoPredictor(model, fill_hole_area=0).start([one_frame]), (w, h))
+        gap = float(np.abs(np.clip(hf.first, -32, 32) - np.clip(plain.logits, -32, 32)).max())
+        rows.append([f"segany, frames 1-{n}", n + 1, same, same / (embed_s + decode_s), None, None, None])
+        rows.append([f"transformers, frames 1-{n}", n + 1, hf_frame, hf_frame / (embed_s + decode_s), None, None, None])
+        hf_note = (f"frame-0 logit gap segany vs transformers: {gap:.4f}; transformers/segany per frame on the same "
+                   f"frames, interleaved: {hf_frame / same:.2f} (> 1: segany faster)")
     print(f"one embed {embed_s:.3f} s + one decode {decode_s:.3f} s (same run); segany tracking state at the end: "
           f"{ours['state_mb']:.1f} MB")
     print_table(["tracker", "frames", "s/frame (median)", "x (embed+decode)", "peak RSS @10 MB", "peak RSS end MB",

@@ -60,9 +60,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.set_defaults(handler=run)
     parser.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
     parser.add_argument("video", metavar="VIDEO", help="video file (anything FFmpeg reads) or a folder of frames")
-    parser.add_argument("--point", action="append", type=parse_point_prompt, default=[], metavar="FRAME:OBJ:X,Y[:LABEL]",
+    parser.add_argument("--point", action="append", type=parse_point_prompt, metavar="FRAME:OBJ:X,Y[:LABEL]",
                         help="a click on object OBJ in frame FRAME; LABEL 1 (default) keeps, 0 excludes; repeatable")
-    parser.add_argument("--box", action="append", type=parse_box_prompt, default=[], metavar="FRAME:OBJ:X0,Y0,X1,Y1",
+    parser.add_argument("--box", action="append", type=parse_box_prompt, metavar="FRAME:OBJ:X0,Y0,X1,Y1",
                         help="a box around object OBJ in frame FRAME; repeatable")
     parser.add_argument("--prompts", default=None, metavar="FILE",
                         help='JSON list of {"frame", "obj_id", and "points" + "labels", "box" and/or "mask" (a PNG '
@@ -151,11 +151,11 @@ def _collect_prompts(args: argparse.Namespace) -> list[dict[str, Any]]:
                 p = {**p, "mask": str(base / p["mask"])}
             prompts.append(p)
     grouped: dict[tuple[int, int], dict[str, Any]] = {}
-    for frame, obj, x, y, label in args.point:
+    for frame, obj, x, y, label in args.point or []:
         entry = grouped.setdefault((frame, obj), {"frame": frame, "obj_id": obj, "points": [], "labels": []})
         entry.setdefault("points", []).append([x, y])
         entry.setdefault("labels", []).append(label)
-    for frame, obj, box in args.box:
+    for frame, obj, box in args.box or []:
         grouped.setdefault((frame, obj), {"frame": frame, "obj_id": obj})["box"] = list(box)
     prompts += list(grouped.values())
     if not prompts:
