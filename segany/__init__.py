@@ -5,6 +5,12 @@
     predictor = segany.Predictor(model)
     emb = predictor.embed("photo.jpg")
     out = predictor.predict(emb, point_coords=[[500, 375]], point_labels=[1])
+
+    tracker = segany.VideoPredictor(segany.load_video_model("sam2.1_hiera_tiny"))
+    session = tracker.start("clip.mp4")
+    session.add_points(frame=0, obj_id=1, points=[[210, 350]], labels=[1])
+    for result in session.propagate():
+        result.index, result.obj_ids, result.masks
 """
 from __future__ import annotations
 

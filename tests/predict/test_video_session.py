@@ -120,6 +120,7 @@ def test_corrupt_frame_in_the_middle_fails_when_reached(tracker, tmp_path):
     with pytest.raises(InvalidInput, match="frame 2") as err:
         session.add_points(2, 1, CLICK, [1])
     assert err.value.field == "video"
+    assert session.obj_ids == ()  # nothing was recorded for the failed prompt
 
 
 def test_folder_and_iterable_sources_give_the_same_masks(tracker, tmp_path):

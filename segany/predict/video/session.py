@@ -65,6 +65,8 @@ class Session:
         self._check_frame(frame)
         obj_id = _check_obj_id(obj_id)
         coords, point_labels = self._prompt_points(points, labels, box, clear, normalize_coords)
+        with torch.inference_mode():
+            feats = self._frame_features(frame)  # a frame that cannot be decoded fails before any state changes
         track = self._track(obj_id)
         if not clear and frame in track.points:
             old_coords, old_labels = track.points[frame]
@@ -77,7 +79,6 @@ class Session:
         prev = track.output_at(frame, is_cond)
         mask_input = prev.pred_masks.clamp(-32.0, 32.0) if prev is not None else None
         with torch.inference_mode():
-            feats = self._frame_features(frame)
             pix = self.model.no_memory(feats.top) if is_first else self._conditioned(track, feats, frame, reverse)
             multimask = self.model.use_multimask(is_first, coords.shape[1])
             head = self.model.heads(pix, feats.high_res, coords, point_labels, mask_input, multimask)
@@ -97,12 +98,14 @@ class Session:
         self._check_frame(frame)
         obj_id = _check_obj_id(obj_id)
         mask_t = self._prompt_mask(mask)
+        with torch.inference_mode():
+            feats = self._frame_features(frame)  # a frame that cannot be decoded fails before any state changes
         track = self._track(obj_id)
         track.mask_frames.add(frame)
         track.points.pop(frame, None)
         is_cond = frame not in track.tracked
         with torch.inference_mode():
-            head = self.model.mask_as_output(self._frame_features(frame), mask_t)
+            head = self.model.mask_as_output(feats, mask_t)
             track.pending[is_cond][frame] = self._output(head)
             return self._consolidated(frame, is_cond)
 
