@@ -5,6 +5,12 @@
     predictor = segany.Predictor(model)
     emb = predictor.embed("photo.jpg")
     out = predictor.predict(emb, point_coords=[[500, 375]], point_labels=[1])
+
+    tracker = segany.VideoPredictor(segany.load_video_model("sam2.1_hiera_tiny"))
+    session = tracker.start("clip.mp4")
+    session.add_points(frame=0, obj_id=1, points=[[210, 350]], labels=[1])
+    for result in session.propagate():
+        result.index, result.obj_ids, result.masks
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ImageEmbedding", "InvalidImage", "InvalidInput", "InvalidPrompt", "MaskGenerator",
     "ModelNotFound", "Prediction", "Predictor", "SAM2ImageModel", "SeganyError", "TextGrounder", "list_variants",
-    "load_model", "segment_detections",
+    "load_model", "segment_detections", "VideoPredictor", "load_video_model", "SAM2VideoModel", "FrameResult",
 ]
 
 # Everything that needs torch imports on first use, so `import segany` (and `segany --help`) stays fast.
@@ -29,6 +35,10 @@ _LAZY = {
     "MaskGenerator": ("segany.predict.amg.generator", "MaskGenerator"),
     "TextGrounder": ("segany.predict.text.grounding", "TextGrounder"),
     "segment_detections": ("segany.predict.detections", "segment_detections"),
+    "VideoPredictor": ("segany.predict.video", "VideoPredictor"),
+    "FrameResult": ("segany.predict.video", "FrameResult"),
+    "load_video_model": ("segany.model", "load_video_model"),
+    "SAM2VideoModel": ("segany.model", "SAM2VideoModel"),
 }
 
 

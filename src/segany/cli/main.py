@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     from segany.cli.export import add_export_parser
 
     add_export_parser(commands, _subparser)
+    from segany.cli.track import add_track_parser
+
+    add_track_parser(commands)
     return parser
 
 
