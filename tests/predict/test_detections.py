@@ -264,7 +264,11 @@ def test_without_supervision_only_the_conversion_fails():
             raise AssertionError("no error")
     """
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=REPO,
+<<<<<<< HEAD
                           env=dict(os.environ), timeout=120)
+=======
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=120)
+>>>>>>> server
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -300,7 +300,11 @@ def test_without_transformers_text_fails_naming_the_extra_and_nothing_else_break
 
 
 def _run_python(code: str, env: dict | None = None) -> None:
+<<<<<<< HEAD
     full_env = {**os.environ, **(env or {})}
+=======
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
+>>>>>>> server
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env,
                           cwd=REPO, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

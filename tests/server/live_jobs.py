@@ -1,6 +1,6 @@
 """Test support for the job-backed dialects (Replicate, Cog, Segmind): real servers and a webhook receiver.
 
-`jobs_server(...)` serves `create_app(settings)` + `jobs_service.install` with uvicorn on 127.0.0.1 over
+`shared_server(...)` serves `create_app(settings)` (its job service included) with uvicorn on 127.0.0.1 over
 HTTPS (a throwaway self-signed certificate for 127.0.0.1: the `replicate` client turns only https: URLs
 into readable file outputs). One server per configuration is shared by every test module of the session,
 so the tiny model is embedded once per image; it stops when the pytest session ends.
@@ -25,7 +25,6 @@ import httpx
 from live_server import free_port, serve_in_thread
 
 from segany.server.app import create_app
-from segany.server.jobs.service import JobSettings, install
 from segany.server.settings import ServerSettings
 
 KEYS = ("key-alice", "key-bob")
@@ -51,7 +50,7 @@ class JobServer:
 
     @property
     def services(self) -> Any:
-        return self.app.state.job_services
+        return self.app.state.context.jobs
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -67,18 +66,17 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 
 
 @contextmanager
-def serve(settings: ServerSettings, loader: Callable[..., Any], job_settings: JobSettings) -> Iterator[JobServer]:
+def serve(settings: ServerSettings, loader: Callable[..., Any]) -> Iterator[JobServer]:
     """A server over TLS in a thread until the block exits."""
     folder = Path(tempfile.mkdtemp(prefix="segany-tls-"))
     cert, key = self_signed_certificate(folder)
     tls = ssl.create_default_context(cafile=str(cert))
     settings = settings.with_(host="127.0.0.1", port=free_port())
     app = create_app(settings, loader=loader)
-    install(app, settings, job_settings)
     try:
         with serve_in_thread(app, settings.port, timeout_s=180, ssl_certfile=str(cert), ssl_keyfile=str(key),
                              verify=tls) as url:
-            yield JobServer(url, app, tls, cert, Path(job_settings.data_dir or ""))
+            yield JobServer(url, app, tls, cert, Path(settings.data_dir or ""))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -96,7 +94,7 @@ def shared_server(request: Any, settings: ServerSettings, loader: Callable[..., 
             data_dir = tempfile.mkdtemp(prefix="segany-jobs-")
             options = {"webhook_allow_private": True, "webhook_backoff_s": 0.05, "expire_every_s": 3600.0,
                        **job_options}
-            context = serve(settings.with_(api_keys=KEYS), loader, JobSettings(data_dir=data_dir, **options))
+            context = serve(settings.with_(api_keys=KEYS, data_dir=data_dir, **options), loader)
             _SHARED[name] = context.__enter__()
 
             def stop() -> None:

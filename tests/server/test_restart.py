@@ -21,7 +21,7 @@ from PIL import Image
 
 from live_jobs import TINY_SEED_INPUT, free_port, receiving, serve
 from segany.server.jobs.store import JobStatus, JobStore
-from segany.server.jobs.service import DB_FILE, JobSettings
+from segany.server.jobs.service import DB_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 # Caught running: a fresh server process loads the model and embeds the image first (seconds), then
@@ -32,14 +32,12 @@ _CHILD = """
 import json, sys
 import uvicorn
 from segany.server.app import create_app
-from segany.server.jobs.service import JobSettings, install
 from segany.server.settings import ServerSettings
 
 config = json.loads(sys.argv[1])
 settings = ServerSettings(checkpoint=config["checkpoint"], device="cpu", dtype="float32", preload=False,
-                          host="127.0.0.1", port=config["port"])
+                          host="127.0.0.1", port=config["port"], **config["jobs"])
 app = create_app(settings)
-install(app, settings, JobSettings(**config["jobs"]))
 uvicorn.run(app, host="127.0.0.1", port=config["port"], log_level="warning")
 """
 
@@ -149,9 +147,9 @@ def test_recovery_policy_fail_ends_interrupted_jobs_with_a_reason(tmp_path, tiny
 
 def test_finished_jobs_files_and_uploads_expire(tmp_path, base_settings, shared_loader, image_b64) -> None:
     files = tmp_path / "data" / "files"
-    settings = JobSettings(data_dir=str(tmp_path / "data"), job_ttl_s=4.0, expire_every_s=0.25)
+    settings = base_settings.with_(data_dir=str(tmp_path / "data"), job_ttl_s=4.0, expire_every_s=0.25)
     request = {"image": image_b64, "coordinates": "[10,10]"}
-    with serve(base_settings, shared_loader, settings) as live, live.client(key=None) as http:
+    with serve(settings, shared_loader) as live, live.client(key=None) as http:
         assert http.post("/v1/sam-v2-image", json=request).status_code == 200  # embeds the image: the job is quick
         submitted = http.post("/v2/sam-v2-image", json=request).json()
         deadline = time.monotonic() + 120

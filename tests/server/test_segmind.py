@@ -20,7 +20,7 @@ from segany.errors import InvalidInput
 from segany.io.images import load_image
 from segany.io.masks import encode_image, overlay_masks
 from segany.predict.text.grounding import RawDetections, TextGrounder
-from segany.server.jobs.service import key_id
+from segany.server.http.auth import key_id
 
 POINT = [200, 150]
 BOX = [250.0, 90.0, 350.0, 210.0]
@@ -80,9 +80,9 @@ def embedding(tiny_predictor, rgb):
 @pytest.fixture()
 def detector(live: JobServer) -> Iterator[FixedBoxDetector]:
     found = FixedBoxDetector([BOX])
-    live.app.state.text_grounder = TextGrounder(detector=found)
+    live.app.state.engine.detectors.set_default(TextGrounder(detector=found))
     yield found
-    live.app.state.text_grounder = None
+    live.app.state.engine.detectors.set_default(None)
 
 
 def _jpeg(data: bytes) -> np.ndarray:

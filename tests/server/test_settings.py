@@ -8,20 +8,19 @@ import sys
 import pytest
 
 from segany.errors import InvalidInput
-from segany.server.launch import add_serve_arguments
-from segany.server.settings import ServerSettings, settings_from
+from segany.server.settings import ServerSettings, add_settings_arguments, settings_from
 
 
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
+    add_settings_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def test_defaults_are_safe():
     settings = settings_from(environ={})
     assert settings.host == "127.0.0.1" and settings.port == 8000
-    assert settings.api_keys == () and not settings.auth_enabled
+    assert settings.api_keys == ()
     assert settings.allow_url_fetch is False
     assert settings.model == "sam2.1_hiera_tiny"
 

@@ -19,7 +19,8 @@ import pytest
 
 from segany.errors import InvalidInput
 from segany.server.http.errors import UrlNotAllowed
-from segany.server.jobs.store import Job, JobContext, JobRunner, JobStatus, JobStore
+from segany.server.jobs.store import Job, JobStatus, JobStore
+from segany.server.jobs.workers import JobContext, JobRunner
 from segany.server.jobs.webhooks import (
     WebhookSender,
     new_signing_secret,

@@ -182,7 +182,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         text_threshold=args.text_threshold, multimask=args.multimask))
     ray = None
     if args.ray is not None:
-        from segany.batch.ray_data import import_ray
+        from segany.ray_cluster import import_ray
 
         _usage_checks(lambda: import_ray(local_instance=args.ray == "local"))
         ray = RayOptions(address=None if args.ray == "local" else args.ray, workers=args.ray_workers,
@@ -311,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = _subparser(commands, "serve", cmd_serve, "run the HTTP server: web page, native API and the Replicate, Segmind, Livepeer, HF and Roboflow dialects",
                        "Serve segany over HTTP. Every option is also an environment variable (SEGANY_...).")
-    from segany.server.launch import add_serve_arguments
+    from segany.server.settings import add_settings_arguments
 
-    add_serve_arguments(serve)
+    add_settings_arguments(serve)
     add_ray_serve_arguments(serve)
 
     from segany.cli.bench import add_bench_arguments

@@ -1,7 +1,8 @@
 """Command-line options shared by several `segany` commands: model, automatic masks, text, prompts.
 
 The automatic-mask options are every `segany.MaskGenerator` argument spelled with dashes; their defaults are
-read from the generator's signature so the help can never disagree with the library.
+read from the generator's signature and their help and types from `segany.predict.amg.params`, so the
+help can never disagree with the library.
 """
 from __future__ import annotations
 
@@ -14,25 +15,9 @@ from typing import Any
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
-# MaskGenerator argument -> help. `output_mode` is not an option: --format decides the encoding.
-AMG_HELP = {
-    "points_per_side": "grid of points per image side (ignored with --point-grids)",
-    "points_per_batch": "points decoded together; more is faster and uses more memory",
-    "pred_iou_thresh": "drop masks whose predicted IoU is at or below this (0 keeps all)",
-    "stability_score_thresh": "drop masks whose stability score is below this (0 keeps all)",
-    "stability_score_offset": "logit offset used to compute the stability score",
-    "mask_threshold": "logit threshold that turns logits into masks",
-    "box_nms_thresh": "IoU above which overlapping masks of one crop are suppressed",
-    "crop_n_layers": "extra layers of image crops (0: the whole image only)",
-    "crop_nms_thresh": "IoU above which masks of different crops are suppressed",
-    "crop_overlap_ratio": "overlap of neighbouring crops, as a fraction of the crop side",
-    "crop_n_points_downscale_factor": "points per side shrink by this factor in each crop layer",
-    "point_grids": "JSON file: a list of point grids in [0, 1], one per crop layer (replaces --points-per-side)",
-    "min_mask_region_area": "fill holes and remove islands up to this area (256x256 logit pixels)",
-    "use_m2m": "refine each mask once, prompting with its own logits",
-    "multimask_output": "three masks per grid point (else one)",
-    "max_masks": "keep the best N masks by predicted IoU (-1 keeps all)",
-}
+# Not a MaskGeneratorParams field (the grids themselves are the generator's argument); `output_mode` is not an
+# option: --format decides the encoding.
+POINT_GRIDS_HELP = "JSON file: a list of point grids in [0, 1], one per crop layer (replaces --points-per-side)"
 _SKIPPED = ("self", "predictor", "output_mode")
 
 
@@ -79,18 +64,21 @@ def generator_defaults() -> dict[str, Any]:
 
 def add_amg_options(parser: argparse.ArgumentParser) -> None:
     """One --dashed-name option per MaskGenerator argument, defaulting to the generator's own default."""
+    from segany.predict.amg.params import amg_fields
+
+    declared = amg_fields()
     group = parser.add_argument_group("automatic masks (segany.MaskGenerator)")
     for name, default in generator_defaults().items():
         flag = "--" + name.replace("_", "-")
-        help_text = AMG_HELP.get(name, name.replace("_", " "))
         if name == "point_grids":
-            group.add_argument(flag, dest=name, metavar="FILE", default=None, help=help_text)
-        elif isinstance(default, bool):
+            group.add_argument(flag, dest=name, metavar="FILE", default=None, help=POINT_GRIDS_HELP)
+            continue
+        help_text = declared[name].metadata["help"].replace("point_grids", "--point-grids")  # the flag's name
+        if isinstance(default, bool):
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=default,
                                help=help_text)  # BooleanOptionalAction appends the default itself
         else:
-            kind = int if name in ("points_per_side", "points_per_batch", "crop_n_layers",
-                                   "crop_n_points_downscale_factor", "max_masks") else float
+            kind = int if declared[name].metadata["kind"] == "int" else float
             group.add_argument(flag, dest=name, type=kind, default=default, metavar=kind.__name__.upper(),
                                help=help_text)
 

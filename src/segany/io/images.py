@@ -315,6 +315,16 @@ def _unsupported_message(data: bytes, formats: tuple[str, ...], field: str) -> s
     return f"{field}: unsupported image format ({got}); supported formats: {', '.join(formats)}"
 
 
+_SUFFIXES = {"PNG": (".png", "image/png"), "JPEG": (".jpg", "image/jpeg"), "GIF": (".gif", "image/gif"),
+             "BMP": (".bmp", "image/bmp"), "WEBP": (".webp", "image/webp"), "TIFF": (".tiff", "image/tiff"),
+             "PPM": (".ppm", "image/x-portable-pixmap")}
+
+
+def image_file_type(data: bytes) -> tuple[str, str]:
+    """(file suffix, content type) of encoded image bytes by their signature; ("", octet-stream) if unknown."""
+    return _SUFFIXES.get(_sniff_supported_format(data) or "", ("", "application/octet-stream"))
+
+
 def _sniff_supported_format(data: bytes) -> str | None:
     for signature, name in _SUPPORTED_SIGNATURES:
         if data.startswith(signature):

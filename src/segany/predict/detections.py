@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from segany.errors import InvalidInput, InvalidPrompt, MissingExtra
+from segany.predict.types import Detections
 
 # Boxes decoded per predictor call: bounds the (boxes x masks x H x W) full-resolution block in memory.
 _BOXES_PER_CALL = 16
@@ -44,6 +45,16 @@ class DetectionBoxes:
 
     def __len__(self) -> int:
         return int(self.boxes_xyxy.shape[0])
+
+    def to_detections(self) -> Detections:
+        """The boxes as `Detections` (no masks yet); names, ids and tracker ids become `data` columns."""
+        columns = {"class_name": _column(self.class_names)}
+        if self.detection_ids:
+            columns["detection_id"] = _column(self.detection_ids)
+        if self.tracker_ids is not None:
+            columns["tracker_id"] = self.tracker_ids.copy()
+        return Detections(xyxy=np.asarray(self.boxes_xyxy, np.float32).reshape(-1, 4), confidence=_copy(self.confidences),
+                          class_id=_copy(self.class_ids), data={**self.data, **columns}, metadata=dict(self.metadata))
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +89,16 @@ class LabelledMasks:
             detection_ids=tuple(self.detection_ids[i] for i in idx), parent_ids=tuple(self.parent_ids[i] for i in idx),
             parent_indices=self.parent_indices[idx], data={k: v[idx] for k, v in self.data.items()},
         )
+
+    def to_detections(self) -> Detections:
+        """As `Detections`: data holds class_name, detection_id, parent_id, parent_index, mask_score, tracker_id."""
+        columns = {"class_name": _column(self.class_names), "detection_id": _column(self.detection_ids),
+                   "parent_id": _column(self.parent_ids), "parent_index": self.parent_indices.copy(),
+                   "mask_score": self.mask_scores.copy()}
+        if self.tracker_ids is not None:
+            columns["tracker_id"] = self.tracker_ids.copy()
+        return Detections(xyxy=self.boxes_xyxy.copy(), mask=self.masks.copy(), confidence=_copy(self.confidences),
+                          class_id=_copy(self.class_ids), data={**self.data, **columns}, metadata=dict(self.metadata))
 
     def to_supervision(self) -> Any:
         """`supervision.Detections` with mask, xyxy, confidence, class_id, tracker_id; data holds class_name,

@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from segany.server.launch import add_serve_arguments, serve
+from segany.server.launch import serve
+from segany.server.settings import add_settings_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segany.server", description="Serve segany over HTTP.")
-    add_serve_arguments(parser)
+    add_settings_arguments(parser)
     return serve(parser.parse_args(argv))
 
 

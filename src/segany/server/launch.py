@@ -6,12 +6,7 @@ import logging
 import sys
 
 from segany.errors import SeganyError
-from segany.server.settings import ServerSettings, add_settings_arguments, settings_from
-
-
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every server option to `parser` (`segany serve --help` lists them with their variables)."""
-    add_settings_arguments(parser)
+from segany.server.settings import ServerSettings, settings_from
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -81,7 +81,7 @@ def deployment_options(args: argparse.Namespace, settings: Any) -> dict[str, Any
 
 def serve_on_ray(args: argparse.Namespace) -> int:
     """Deploy and serve until interrupted (Ctrl-C or SIGTERM); returns the exit status."""
-    from segany.batch.ray_data import connect, import_ray
+    from segany.ray_cluster import connect, import_ray
     from segany.errors import InvalidInput, MissingExtra
     from segany.server.settings import settings_from
 

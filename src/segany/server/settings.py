@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from segany.errors import InvalidInput
@@ -20,6 +22,16 @@ ENV_PREFIX = "SEGANY_"
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder: $XDG_DATA_HOME/segany (~/.local/share/segany), macOS Application Support,
+    or %LOCALAPPDATA%\\segany on Windows."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "segany"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "segany"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "segany"
 
 
 def _opt(default: Any, help: str, *, flag: str | None = None, env: str | None = None) -> Any:
@@ -69,6 +81,10 @@ class ServerSettings:
     webhook_signing_secret: str | None = _opt(None, "whsec_... key webhooks are signed with (default: generated, "
                                               "kept in the data dir)")
     public_url: str | None = _opt(None, "base URL for file and status links (default: the request's)")
+    expire_every_s: float = _opt(300.0, "how often expired jobs, files and uploads are deleted")
+    webhook_attempts: int = _opt(4, "deliveries tried per webhook event")
+    webhook_timeout_s: float = _opt(10.0, "time limit of one webhook delivery")
+    webhook_backoff_s: float = _opt(1.0, "wait before the first webhook retry (doubling after each)")
     auto_defaults: str | None = _opt(
         None, 'JSON object of MaskGenerator defaults for /v1/auto and Hugging Face, e.g. {"points_per_side": 16}'
     )
@@ -79,7 +95,8 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         positive = ("port", "max_models", "embed_batch_size", "decode_batch_size", "max_queue", "max_prompts",
-                    "max_points_per_prompt", "max_points_per_side", "max_image_pixels", "max_auto_points")
+                    "max_points_per_prompt", "max_points_per_side", "max_image_pixels", "max_auto_points",
+                    "job_max_attempts", "job_workers", "webhook_attempts")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}", name)
@@ -88,7 +105,10 @@ class ServerSettings:
                 raise InvalidInput(f"{name} must be >= 0, got {getattr(self, name)}", name)
         if self.dtype is not None and self.dtype.lower() not in DTYPES:
             raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "dtype")
-        for name in ("request_timeout_s", "max_body_mb", "fetch_max_mb", "fetch_timeout_s"):
+        if self.job_recovery not in ("retry", "fail"):
+            raise InvalidInput(f"job_recovery must be 'retry' or 'fail', got {self.job_recovery!r}", "job_recovery")
+        for name in ("request_timeout_s", "max_body_mb", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
+                     "job_timeout_s", "expire_every_s", "webhook_timeout_s"):
             if float(getattr(self, name)) <= 0:
                 raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}", name)
 
@@ -105,8 +125,9 @@ class ServerSettings:
         return int(self.fetch_max_mb * 2**20)
 
     @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
+    def data_path(self) -> Path:
+        """The folder of the job database and stored files: `data_dir`, else `default_data_dir()`."""
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
 
     def with_(self, **changes: Any) -> ServerSettings:
         """A copy with some options changed (validated again)."""

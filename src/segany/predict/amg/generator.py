@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from segany.errors import InvalidImage
+from segany.io.images import load_image
 from segany.io.rle import rle_to_coco, rle_to_mask, window_masks_to_rle
 from segany.predict.amg.filters import batched_nms, fill_small_regions
 from segany.predict.amg.geometry import box_area, box_xyxy_to_xywh, generate_crop_boxes, is_box_near_crop_edge
@@ -400,8 +401,4 @@ def _as_rgb_array(image: Any) -> np.ndarray:
         if image.shape[0] == 0 or image.shape[1] == 0:
             raise InvalidImage("image has no pixels")
         return image
-    try:
-        from segany.io.images import load_image
-    except ImportError as exc:  # the loader is optional for array callers
-        raise InvalidImage("image must be an (H, W, 3) uint8 RGB array") from exc
     return load_image(image)

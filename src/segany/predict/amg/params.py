@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, field, fields
 from numbers import Integral, Real
 from typing import Any, Sequence
 
@@ -14,26 +14,51 @@ from segany.predict.amg.geometry import build_all_layer_point_grids
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
+def _knob(default: Any, help: str, kind: str, *, request_max: float | None = None, **bounds: float) -> Any:
+    """One generator parameter: its default, help, kind ("int", "real", "bool", "choice"), the library's
+    bounds (ge / le / lt) and the most one server request may ask for (`request_max`)."""
+    return field(default=default, metadata={"help": help, "kind": kind, "bounds": bounds, "request_max": request_max})
+
+
 @dataclass(frozen=True)
 class MaskGeneratorParams:
-    """Every knob of `MaskGenerator`; construct through `validated_params`."""
+    """Every knob of `MaskGenerator`, declared once; construct through `validated_params`.
 
-    points_per_side: int | None = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.8
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    mask_threshold: float = 0.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-    output_mode: str = "binary_mask"
-    use_m2m: bool = False
-    multimask_output: bool = True
-    max_masks: int = -1
+    The HTTP schemas (`/v1/auto`, Hugging Face), the Replicate seed's schema and the CLI flags are built
+    from these fields (`amg_fields()`).
+    """
+
+    points_per_side: int | None = _knob(32, "grid of points per image side (ignored with point_grids)", "int", ge=1)
+    points_per_batch: int = _knob(64, "points decoded together; more is faster and uses more memory", "int",
+                                  ge=1, request_max=1024)
+    pred_iou_thresh: float = _knob(0.8, "drop masks whose predicted IoU is at or below this (0 keeps all)", "real",
+                                   ge=0.0, le=1.0)
+    stability_score_thresh: float = _knob(0.95, "drop masks whose stability score is below this (0 keeps all)",
+                                          "real", ge=0.0, le=1.0)
+    stability_score_offset: float = _knob(1.0, "logit offset used to compute the stability score", "real", ge=0.0,
+                                          request_max=1000)
+    mask_threshold: float = _knob(0.0, "logit threshold that turns logits into masks", "real")
+    box_nms_thresh: float = _knob(0.7, "IoU above which overlapping masks of one crop are suppressed", "real",
+                                  ge=0.0, le=1.0)
+    crop_n_layers: int = _knob(0, "extra layers of image crops (0: the whole image only)", "int", ge=0,
+                               request_max=4)
+    crop_nms_thresh: float = _knob(0.7, "IoU above which masks of different crops are suppressed", "real",
+                                   ge=0.0, le=1.0)
+    crop_overlap_ratio: float = _knob(512 / 1500, "overlap of neighbouring crops, as a fraction of the crop side",
+                                      "real", ge=0.0, lt=1.0)
+    crop_n_points_downscale_factor: int = _knob(1, "points per side shrink by this factor in each crop layer", "int",
+                                                ge=1, request_max=16)
+    min_mask_region_area: int = _knob(0, "fill holes and remove islands up to this area (256x256 logit pixels)",
+                                      "real", ge=0.0, request_max=1e8)
+    output_mode: str = _knob("binary_mask", "mask encoding: " + ", ".join(OUTPUT_MODES), "choice")
+    use_m2m: bool = _knob(False, "refine each mask once, prompting with its own logits", "bool")
+    multimask_output: bool = _knob(True, "three masks per grid point (else one)", "bool")
+    max_masks: int = _knob(-1, "keep the best N masks by predicted IoU (-1 keeps all)", "int", ge=-1)
+
+
+def amg_fields() -> dict[str, Field]:
+    """The parameters in declaration order, by name (`field.default`, `field.metadata`)."""
+    return {f.name: f for f in fields(MaskGeneratorParams)}
 
 
 def validated_params(point_grids: Sequence[Any] | None, **values: Any) -> tuple[MaskGeneratorParams, list[np.ndarray]]:
@@ -45,23 +70,22 @@ def validated_params(point_grids: Sequence[Any] | None, **values: Any) -> tuple[
         InvalidInput naming the offending parameter.
     """
     params = MaskGeneratorParams(**values)
-    _check_int(params.points_per_batch, "points_per_batch", minimum=1)
-    for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh"):
-        _check_real(getattr(params, name), name, minimum=0.0, maximum=1.0)
-    _check_real(params.stability_score_offset, "stability_score_offset", minimum=0.0)
-    _check_real(params.mask_threshold, "mask_threshold")
-    _check_int(params.crop_n_layers, "crop_n_layers", minimum=0)
-    _check_real(params.crop_overlap_ratio, "crop_overlap_ratio", minimum=0.0, maximum=1.0)
-    if params.crop_overlap_ratio >= 1.0:
-        raise InvalidInput("crop_overlap_ratio must be below 1", field="crop_overlap_ratio")
-    _check_int(params.crop_n_points_downscale_factor, "crop_n_points_downscale_factor", minimum=1)
-    _check_real(params.min_mask_region_area, "min_mask_region_area", minimum=0.0)
-    if params.output_mode not in OUTPUT_MODES:
-        raise InvalidInput(f"output_mode must be one of {', '.join(OUTPUT_MODES)}", field="output_mode")
-    for name in ("use_m2m", "multimask_output"):
-        if not isinstance(getattr(params, name), (bool, np.bool_)):
-            raise InvalidInput(f"{name} must be a boolean", field=name)
-    _check_int(params.max_masks, "max_masks", minimum=-1)
+    for name, spec in amg_fields().items():
+        if name == "points_per_side":
+            continue  # checked with the point grids: None is valid when grids are given
+        value, meta = getattr(params, name), spec.metadata
+        bounds = meta["bounds"]
+        if meta["kind"] == "int":
+            _check_int(value, name, minimum=int(bounds["ge"]))
+        elif meta["kind"] == "real":
+            _check_real(value, name, minimum=bounds.get("ge"), maximum=bounds.get("le", bounds.get("lt")))
+            if "lt" in bounds and value >= bounds["lt"]:
+                raise InvalidInput(f"{name} must be below {bounds['lt']:g}", field=name)
+        elif meta["kind"] == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise InvalidInput(f"{name} must be a boolean", field=name)
+        elif value not in OUTPUT_MODES:
+            raise InvalidInput(f"{name} must be one of {', '.join(OUTPUT_MODES)}", field=name)
     return params, _point_grids(params, point_grids)
 
 

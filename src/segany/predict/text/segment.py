@@ -23,6 +23,20 @@ def default_grounder() -> TextGrounder:
         return _default_grounder
 
 
+def ground_boxes(grounder: TextGrounder, image: Any, text: str | Sequence[str], *,
+                 box_threshold: float | None = None, text_threshold: float | None = None) -> DetectionBoxes:
+    """Text -> labelled boxes: the one text step of the library and the server.
+
+    Boxes are (N, 4) float32 pixels of `image`; each box's class_name is its phrase, class_id the phrase's
+    index in the normalised phrase list, confidence the detector score; metadata["phrases"] the phrases.
+    """
+    found = grounder.ground(image, text, box_threshold=box_threshold, text_threshold=text_threshold)
+    return DetectionBoxes(
+        boxes_xyxy=found.boxes_xyxy, class_names=found.labels, class_ids=found.phrase_ids.astype(np.int64),
+        confidences=found.scores, metadata={"phrases": list(found.phrases)},
+    )
+
+
 def segment_text(
     predictor: Any,
     emb_or_image: Any,
@@ -59,13 +73,9 @@ def segment_text(
     else:
         rgb = load_image(emb_or_image)
     grounder = grounder if grounder is not None else default_grounder()
-    found = grounder.ground(rgb, phrases, box_threshold=box_threshold, text_threshold=text_threshold)
-    boxes = DetectionBoxes(
-        boxes_xyxy=found.boxes_xyxy, class_names=found.labels, class_ids=found.phrase_ids.astype(np.int64),
-        confidences=found.scores, metadata={"phrases": list(found.phrases)},
-    )
+    boxes = ground_boxes(grounder, rgb, phrases, box_threshold=box_threshold, text_threshold=text_threshold)
     used_box = grounder.box_threshold if box_threshold is None else box_threshold
     reason = (f"the detector found no box scoring above box_threshold={used_box} for "
-              f"{', '.join(repr(p) for p in found.phrases)}")
+              f"{', '.join(repr(p) for p in boxes.metadata['phrases'])}")
     return segment_boxes(predictor, emb_or_image if is_embedding else rgb, boxes,
                          multimask_output=multimask_output, threshold=threshold, empty_reason=reason)

@@ -8,35 +8,37 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, create_model
 
 from segany.errors import InvalidInput
+from segany.predict.amg.params import amg_fields
 
-GENERATOR_FIELDS = (
-    "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
-    "mask_threshold", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
-    "crop_n_points_downscale_factor", "min_mask_region_area", "use_m2m", "multimask_output",
+# `output_mode` follows the response format; `max_masks` is the native API's own field.
+GENERATOR_FIELDS = tuple(name for name in amg_fields() if name not in ("output_mode", "max_masks"))
+_TYPES = {"int": int, "real": float, "bool": bool}
+
+
+def request_field(name: str, *, default: Any = None, description: str | None = None,
+                  annotation: Any = None, **extra: Any) -> tuple[Any, Any]:
+    """A pydantic field for the generator parameter `name`, from its one declaration in
+    `segany.predict.amg.params`: type, library bounds capped by the per-request maximum, help text."""
+    spec = amg_fields()[name]
+    meta = spec.metadata
+    bounds = dict(meta["bounds"])
+    if meta["request_max"] is not None:
+        bounds["le"] = min(bounds.get("le", meta["request_max"]), meta["request_max"])
+    kind = annotation or _TYPES[meta["kind"]]
+    if default is None:
+        kind = kind | None
+    shown = str(spec.default).lower() if isinstance(spec.default, bool) else f"{spec.default:g}"
+    return kind, Field(default, description=description or f"{meta['help']} (default {shown})", **bounds, **extra)
+
+
+# Every field optional: an omitted one takes the server default, else the generator's.
+AutoParams = create_model(
+    "AutoParams", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    **{name: request_field(name) for name in GENERATOR_FIELDS},
 )
-
-
-class AutoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    points_per_side: int | None = Field(None, ge=1, description="grid points per image side (default 32)")
-    points_per_batch: int | None = Field(None, ge=1, le=1024, description="points decoded together (default 64)")
-    pred_iou_thresh: float | None = Field(None, ge=0.0, le=1.0, description="minimum predicted IoU (default 0.8)")
-    stability_score_thresh: float | None = Field(None, ge=0.0, le=1.0,
-                                                 description="minimum stability score (default 0.95)")
-    stability_score_offset: float | None = Field(None, ge=0.0, description="default 1.0")
-    mask_threshold: float | None = Field(None, description="logit threshold of masks (default 0.0)")
-    box_nms_thresh: float | None = Field(None, ge=0.0, le=1.0, description="default 0.7")
-    crop_n_layers: int | None = Field(None, ge=0, le=4, description="default 0")
-    crop_nms_thresh: float | None = Field(None, ge=0.0, le=1.0, description="default 0.7")
-    crop_overlap_ratio: float | None = Field(None, ge=0.0, lt=1.0, description="default 512/1500")
-    crop_n_points_downscale_factor: int | None = Field(None, ge=1, le=16, description="default 1")
-    min_mask_region_area: int | None = Field(None, ge=0, description="default 0")
-    use_m2m: bool | None = Field(None, description="mask-to-mask refinement (default false)")
-    multimask_output: bool | None = Field(None, description="default true")
 
 
 def parse_auto_defaults(text: str | None) -> dict[str, Any]:

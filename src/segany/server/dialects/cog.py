@@ -23,15 +23,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from segany.errors import InvalidInput
-from segany.server.dialects import replicate_seed as seed
+from segany.server.context import server_context
+from segany.server.dialects import replicate_seed
+from segany.server.dialects.dialect import Dialect
 from segany.server.dialects.replicate import json_object_body
 from segany.server.dialects.replicate_seed import Input, Output
-from segany.server.engine.engine import Engine
 from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobConflict, JobNotFound, JobStore, check_client_id, iso8601
-from segany.server.jobs.service import api_key_id, services_of
+from segany.server.jobs.service import JobKind
 from segany.server.http.openapi import body_schema
-from segany.server.jobs.webhooks import parse_events_filter, validate_webhook_url
 
 PATH_PREFIXES = ("/predictions", "/health-check")
 KIND = "cog"
@@ -123,7 +123,8 @@ def response_json(job: Job) -> dict[str, Any]:
 
 
 async def _predict(request: Request, path_id: str | None) -> JSONResponse:
-    services = services_of(request.app)
+    context = server_context(request)
+    jobs = context.jobs
     document = await json_object_body(request)
     raw_input = document.get("input")
     body = PredictionRequest.model_validate(document)
@@ -133,38 +134,28 @@ async def _predict(request: Request, path_id: str | None) -> JSONResponse:
     if prediction_id is not None:
         check_client_id(prediction_id)
     respond_async = "respond-async" in request.headers.get("prefer", "").lower()
-    key_id = api_key_id(request)
-    digest = seed.input_digest(raw_input)
-    job = _existing(services.store, prediction_id, digest, key_id) if prediction_id else None
+    key_id = context.api_key_id(request)
+    digest = replicate_seed.input_digest(raw_input)
+    job = _existing(jobs.store, prediction_id, digest, key_id) if prediction_id else None
     headers: dict[str, str] = {}
     if job is None:
-        if body.webhook is not None:
-            validate_webhook_url(body.webhook, allow_private=services.job_settings.webhook_allow_private)
-        events = parse_events_filter(None if body.webhook_events_filter is None
-                                     else [event.value for event in body.webhook_events_filter])
-        base = services.base_url(request)
-        stored_input, keys = await seed.accept_input(services, raw_input, api_key_id=key_id, base_url=base)
-        headers = services.charge(key_id)
+        base = jobs.base_url(request)
+        stored_input, keys = await replicate_seed.accept_input(jobs, raw_input, api_key_id=key_id, base_url=base)
+        events = None if body.webhook_events_filter is None else [event.value for event in body.webhook_events_filter]
         try:
-            job, _ = services.runner.submit(
-                kind=KIND, id=prediction_id, model=seed.MODEL_ID, input=stored_input, webhook=body.webhook,
-                webhook_events=events, api_key_id=key_id,
-                meta={"version": seed.MODEL_VERSION, "base_url": base, "input_digest": digest})
-        except BaseException as error:
-            services.refund(key_id)
-            for key in keys:
-                services.storage.delete(key)
+            job, headers = jobs.submit(
+                kind=KIND, job_id=prediction_id, model=replicate_seed.MODEL_ID, input=stored_input,
+                api_key_id=key_id, base_url=base, webhook=body.webhook, webhook_events=events,
+                meta={"version": replicate_seed.MODEL_VERSION, "input_digest": digest}, file_keys=keys)
+        except JobConflict:
             # The same request, sent twice at once, loses the race to its twin: answer with the twin's job.
-            raced = _existing(services.store, prediction_id, digest, key_id) if (
-                isinstance(error, JobConflict) and prediction_id) else None
+            raced = _existing(jobs.store, prediction_id, digest, key_id) if prediction_id else None
             if raced is None:
                 raise
-            job, keys, headers = raced, [], {}
-        if keys:
-            services.store.add_file_keys(job.id, keys)
+            job = raced
     if respond_async:
         return JSONResponse(response_json(job), status_code=202, headers=headers)
-    job = await services.runner.wait_async(job.id, services.job_settings.job_timeout_s, api_key_id=key_id)
+    job = await jobs.runner.wait_async(job.id, jobs.settings.job_timeout_s, api_key_id=key_id)
     return JSONResponse(response_json(job), headers=headers)
 
 
@@ -196,18 +187,18 @@ async def predict_idempotent(prediction_id: str, request: Request) -> JSONRespon
              responses={200: {"model": dict[str, Any]}, 404: {"model": DetailOut}})
 async def cancel(prediction_id: str, request: Request) -> JSONResponse:
     """Cancel a queued or running prediction."""
-    services = services_of(request.app)
-    job = services.store.get(prediction_id, api_key_id=api_key_id(request))
+    context = server_context(request)
+    job = context.jobs.store.get(prediction_id, api_key_id=context.api_key_id(request))
     if job.kind != KIND:
         raise JobNotFound(f"no prediction with id {prediction_id!r}")
-    services.runner.cancel(job.id)
+    context.jobs.runner.cancel(job.id)
     return JSONResponse({})
 
 
 @router.get("/health-check", responses={200: {"model": dict[str, Any]}})
 async def health_check(request: Request) -> JSONResponse:
     """`READY` once the model is loaded; `STARTING` before, `SETUP_FAILED` if loading failed."""
-    engine: Engine = request.app.state.engine
+    engine = server_context(request).engine
     if engine.ready:
         status, setup = "READY", "succeeded"
     elif engine.load_error:
@@ -215,4 +206,8 @@ async def health_check(request: Request) -> JSONResponse:
     else:
         status, setup = "STARTING", None
     return JSONResponse({"status": status, "setup": {"status": setup, "logs": engine.load_error or ""},
-                         "version": {"cog": seed.COG_VERSION, "segany_model": engine.pool.default_variant}})
+                         "version": {"cog": replicate_seed.COG_VERSION, "segany_model": engine.pool.default_variant}})
+
+
+DIALECT = Dialect("cog", router, PATH_PREFIXES, error_response, renders_http_errors=True,
+                  job_kinds={KIND: JobKind(replicate_seed.run_prediction, response_json)})

@@ -29,13 +29,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from segany.errors import InvalidInput
-from segany.io.images import decode_base64_image
 from segany.io.masks import mask_to_png_base64
 from segany.server.dialects.auto_params import AutoParams, auto_params_with_defaults
-from segany.server.engine.engine import Engine
+from segany.server.context import server_context
+from segany.server.dialects.dialect import Dialect
 from segany.server.http.errors import ErrorInfo
-from segany.server.http.image_source import fetch_image, is_url
-from segany.server.http.limits import Limits
+from segany.server.http.image_source import image_from_text
 from segany.server.http.openapi import body_schema
 from segany.server.http.mask_encoding import finite_float
 
@@ -119,8 +118,8 @@ def _answer(records: list[dict[str, Any]], parameters: SegmentationParameters) -
 
 
 async def _segment(request: Request, model_id: str | None) -> JSONResponse:
-    engine: Engine = request.app.state.engine
-    limits: Limits = request.app.state.limits
+    context = server_context(request)
+    engine = context.engine
     body = await request.body()
     if not body:
         raise InvalidInput("inputs: empty request body; send image bytes or JSON {\"inputs\": <base64>}", "inputs")
@@ -137,18 +136,14 @@ async def _segment(request: Request, model_id: str | None) -> JSONResponse:
         parameters = request_in.parameters or parameters
     if parameters.subtask not in (None, "instance", "panoptic", "semantic"):
         raise InvalidInput(f"subtask must be instance, panoptic or semantic, got {parameters.subtask!r}", "subtask")
-    params = _generator_params(parameters, request.app.state.auto_defaults)
-    limits.check_auto_grid(params.get("points_per_side", 32), params.get("crop_n_layers", 0),
-                           params.get("crop_n_points_downscale_factor", 1))
+    params = _generator_params(parameters, context.auto_defaults)
+    engine.check_generate(params)
 
     async def work() -> list[dict[str, Any]]:
         if image_text is None:
-            data = body
-        elif is_url(image_text):
-            data = await fetch_image(engine, image_text, "inputs")
+            image = await engine.decode_image(body, "inputs")
         else:
-            data = decode_base64_image(image_text, field="inputs")
-        image = await engine.decode_image(data, "inputs")
+            image = await image_from_text(engine, image_text, "inputs")
         records = await engine.generate(image, model_id, params)
         return await asyncio.to_thread(_answer, records, parameters)
 
@@ -176,3 +171,6 @@ async def segment_model(request: Request, model_id: str) -> JSONResponse:
 async def segment_endpoint(request: Request) -> JSONResponse:
     """Image segmentation with the server's default model (Inference Endpoint style)."""
     return await _segment(request, None)
+
+
+DIALECT = Dialect("huggingface", router, PATH_PREFIXES, error_response, exact_paths=EXACT_PATHS)

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 from segany.errors import InvalidPrompt
 from segany.predict.types import Prediction
-from segany.server.engine.engine import Engine
+from segany.server.context import server_context
+from segany.server.dialects.dialect import Dialect
 from segany.server.http.errors import ErrorInfo
 from segany.server.http.mask_encoding import check_logits
 from segany.server.http.prompt_fields import check_coords
@@ -106,7 +107,7 @@ async def segment_anything_2(
     normalize_coords: bool = Form(True),
 ) -> JSONResponse:
     """Segment objects in an image (Livepeer `genSegmentAnything2`)."""
-    engine: Engine = request.app.state.engine
+    engine = server_context(request).engine
     arrays = {name: _parse_array(text, name) for name, text in (
         ("point_coords", point_coords), ("point_labels", point_labels), ("box", box), ("mask_input", mask_input))}
     _check(arrays)
@@ -123,3 +124,7 @@ async def segment_anything_2(
         return await asyncio.to_thread(_sorted_strings, prediction, return_logits)
 
     return JSONResponse(await engine.run(work))
+
+
+# Validation errors keep FastAPI's own 422 list: Livepeer's runner is a FastAPI app.
+DIALECT = Dialect("livepeer", router, PATH_PREFIXES, error_response, renders_validation_errors=False)

@@ -15,7 +15,10 @@ from fastapi.responses import JSONResponse
 from segany.errors import InvalidImage, InvalidInput
 from segany.io.masks import mask_to_png_base64, mask_to_polygons
 from segany.io.rle import coco_encode
-from segany.server.dialects.native_labelled import LabelledBoxes, RecentImages, detection_boxes, text_boxes
+from segany.server.context import server_context
+from segany.server.dialects.dialect import Dialect
+from segany.predict.types import Detections
+from segany.server.dialects.native_labelled import detection_boxes, label_fields, text_boxes
 from segany.server.dialects.native_schemas import (
     AutoIn, AutoOut, EmbedIn, EmbedOut, ErrorOut, SegmentIn, SegmentOut,
 )
@@ -52,10 +55,11 @@ async def _decoded(engine: Engine, image_text: str | None, upload: bytes | None)
 
 
 async def _embedding(engine: Engine, fields: Any, upload: bytes | None, image_id: str | None,
-                     timing: dict[str, float], recent: RecentImages | None = None) -> EmbedResult:
+                     timing: dict[str, float]) -> EmbedResult:
     """The request's embedding: cached by image_id when possible, else decoded and embedded.
 
-    Decoded images are remembered in `recent` for text prompts that later arrive with only the image_id.
+    Decoded images are remembered (`engine.recent_images`) for text prompts that later arrive with only
+    the image_id.
     """
     if image_id:
         try:
@@ -66,8 +70,7 @@ async def _embedding(engine: Engine, fields: Any, upload: bytes | None, image_id
     start = time.perf_counter()
     image = await _decoded(engine, fields.image, upload)
     timing["decode_image"] = _ms(start)
-    if recent is not None:
-        recent.put(image)
+    engine.recent_images.put(image)
     result = await engine.embed(image, fields.model)
     timing["embed"] = round(result.embed_ms, 3)
     return result
@@ -80,13 +83,13 @@ def _segment_results(outputs: list[PromptOutput], fmt: str) -> list[dict[str, An
 @router.post("/v1/embed", openapi_extra=body_schema(EmbedIn), responses={200: {"model": EmbedOut}, **_ERRORS})
 async def embed(request: Request) -> JSONResponse:
     """Embed an image once; later /v1/segment calls pass the returned `image_id` instead of the image."""
-    engine: Engine = request.app.state.engine
+    engine = server_context(request).engine
     fields, upload = await read_form_or_json(request)
     body = EmbedIn.model_validate(fields)
 
     async def work() -> tuple[EmbedResult, dict[str, float]]:
         timing: dict[str, float] = {}
-        return await _embedding(engine, body, upload, None, timing, request.app.state.recent_images), timing
+        return await _embedding(engine, body, upload, None, timing), timing
 
     start = time.perf_counter()
     result, timing = await engine.run(work)
@@ -105,9 +108,8 @@ async def segment(request: Request) -> JSONResponse:
     given box, each with its label fields (`label` + `detector_score` for text; `class`, `class_id`,
     `confidence`, `parent_id` for detections).
     """
-    engine: Engine = request.app.state.engine
-    limits: Limits = request.app.state.limits
-    recent: RecentImages = request.app.state.recent_images
+    context = server_context(request)
+    engine, limits = context.engine, context.limits
     fields, upload = await read_form_or_json(request, json_fields=("prompts", "detections"))
     body = SegmentIn.model_validate(fields)
     if not body.prompts and body.text is None and body.detections is None:
@@ -121,14 +123,14 @@ async def segment(request: Request) -> JSONResponse:
 
     async def work() -> tuple[EmbedResult, list[dict[str, Any]], dict[str, float]]:
         timing: dict[str, float] = {}
-        embedded = await _embedding(engine, body, upload, body.image_id, timing, recent)
+        embedded = await _embedding(engine, body, upload, body.image_id, timing)
         start = time.perf_counter()
         outputs = await engine.predict(embedded, prompts, body.multimask) if prompts else []
         results = await asyncio.to_thread(_segment_results, outputs, body.format)
         labelled = [given] if given is not None else []
         if body.text is not None:
             detect_start = time.perf_counter()
-            labelled.append(await text_boxes(recent.get(embedded.image_id), body.text, request.app.state.settings.text_model,
+            labelled.append(await text_boxes(engine, engine.recent_images.get(embedded.image_id), body.text,
                                              body.box_threshold, body.text_threshold))
             timing["detect"] = _ms(detect_start)
         for boxes in labelled:
@@ -144,15 +146,14 @@ async def segment(request: Request) -> JSONResponse:
                          "results": results, "timing_ms": timing})
 
 
-async def _labelled_results(engine: Engine, embedded: EmbedResult, boxes: LabelledBoxes, min_score: float,
+async def _labelled_results(engine: Engine, embedded: EmbedResult, boxes: Detections, min_score: float,
                             fmt: str, limits: Limits) -> list[dict[str, Any]]:
     """One single-mask result per box, with the box's label fields; masks below `min_score` dropped."""
-    if len(boxes.labels) == 0:
+    if len(boxes) == 0:
         return []
-    prompts = [make_prompt(box=box.tolist(), field=f"boxes[{i}]", limits=limits)
-               for i, box in enumerate(boxes.boxes_xyxy)]
+    prompts = [make_prompt(box=box.tolist(), field=f"boxes[{i}]", limits=limits) for i, box in enumerate(boxes.xyxy)]
     outputs = await engine.predict(embedded, prompts, False)
-    kept = [(out, label) for out, label in zip(outputs, boxes.labels) if float(out.scores[0]) >= min_score]
+    kept = [(out, label) for out, label in zip(outputs, label_fields(boxes)) if float(out.scores[0]) >= min_score]
     encoded = await asyncio.to_thread(_segment_results, [out for out, _ in kept], fmt)
     return [{**label, **entry} for (_, label), entry in zip(kept, encoded)]
 
@@ -189,15 +190,12 @@ def _auto_records(records: list[dict[str, Any]], fmt: str) -> list[dict[str, Any
              responses={200: {"model": AutoOut}, **_ERRORS})
 async def auto(request: Request) -> JSONResponse:
     """Automatic mask generation ("segment everything") with every `segany.MaskGenerator` parameter."""
-    engine: Engine = request.app.state.engine
-    limits: Limits = request.app.state.limits
+    context = server_context(request)
+    engine = context.engine
     fields, upload = await read_form_or_json(request, json_fields=("point_grids",))
     body = AutoIn.model_validate(fields)
-    params = body.generator_params(request.app.state.auto_defaults)
-    grid_points = max((len(grid) for grid in body.point_grids), default=0) if body.point_grids else None
-    limits.check_auto_grid(params.get("points_per_side", 32) if grid_points is None else None,
-                           params.get("crop_n_layers", 0), params.get("crop_n_points_downscale_factor", 1),
-                           grid_points)
+    params = body.generator_params(context.auto_defaults)
+    engine.check_generate(params)
     params["output_mode"] = "coco_rle" if body.format == "rle" else "binary_mask"
 
     async def work() -> tuple[DecodedImage, str, list[dict[str, Any]], dict[str, float]]:
@@ -220,3 +218,6 @@ async def auto(request: Request) -> JSONResponse:
     height, width = image.size_hw
     return JSONResponse({"image_id": image.digest, "model": variant, "width": width, "height": height,
                          "records": records, "timing_ms": timing})
+
+
+DIALECT = Dialect("native", router, PATH_PREFIXES, error_response)

@@ -25,13 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from segany.errors import InvalidInput, ModelNotFound
-from segany.server.dialects import replicate_seed as seed
+from segany.server.context import server_context
+from segany.server.dialects import replicate_seed
+from segany.server.dialects.dialect import Dialect
 from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobNotFound, iso8601
-from segany.server.jobs.service import JobServices, api_key_id, services_of
+from segany.server.jobs.service import JobKind, JobService
 from segany.server.http.openapi import body_schema
 from segany.server.jobs.storage import StoredFile, StoredFileNotFound
-from segany.server.jobs.webhooks import parse_events_filter, validate_webhook_url
 
 PATH_PREFIXES = ("/v1/predictions", "/v1/models", "/v1/files", "/v1/webhooks")
 KIND = "replicate"
@@ -61,7 +62,7 @@ class ModelPredictionIn(BaseModel):
 
 
 class ReplicatePredictionIn(ModelPredictionIn):
-    version: str = Field(description=f"model version id ({seed.MODEL_VERSION[:12]}...), or owner/name[:version]")
+    version: str = Field(description=f"model version id ({replicate_seed.MODEL_VERSION[:12]}...), or owner/name[:version]")
 
 
 class ReplicatePrediction(BaseModel):
@@ -97,7 +98,7 @@ def prediction_json(job: Job, *, waited: bool = False) -> dict[str, Any]:
     metrics = {"predict_time": job.predict_time} if job.predict_time is not None else {}
     status = "starting" if waited and not job.finished else job.status.value
     return {
-        "id": job.id, "model": seed.MODEL_ID, "version": job.meta.get("version", seed.MODEL_VERSION),
+        "id": job.id, "model": replicate_seed.MODEL_ID, "version": job.meta.get("version", replicate_seed.MODEL_VERSION),
         "input": dict(job.input), "logs": job.logs, "output": job.output, "data_removed": False,
         "error": job.error, "status": status, "source": "api", "metrics": metrics,
         "created_at": iso8601(job.created_at), "started_at": iso8601(job.started_at),
@@ -107,20 +108,20 @@ def prediction_json(job: Job, *, waited: bool = False) -> dict[str, Any]:
 
 
 def version_json() -> dict[str, Any]:
-    return {"id": seed.MODEL_VERSION, "created_at": seed.VERSION_CREATED_AT, "cog_version": seed.COG_VERSION,
-            "openapi_schema": seed.openapi_schema()}
+    return {"id": replicate_seed.MODEL_VERSION, "created_at": replicate_seed.VERSION_CREATED_AT, "cog_version": replicate_seed.COG_VERSION,
+            "openapi_schema": replicate_seed.openapi_schema()}
 
 
 def _check_model(owner: str, name: str) -> None:
-    if (owner, name) != (seed.MODEL_OWNER, seed.MODEL_NAME):
-        raise ModelNotFound(f"model {owner}/{name} does not exist here; this server runs {seed.MODEL_ID}")
+    if (owner, name) != (replicate_seed.MODEL_OWNER, replicate_seed.MODEL_NAME):
+        raise ModelNotFound(f"model {owner}/{name} does not exist here; this server runs {replicate_seed.MODEL_ID}")
 
 
 def _check_version(version: str) -> None:
-    known = {seed.MODEL_VERSION, seed.MODEL_ID, f"{seed.MODEL_ID}:{seed.MODEL_VERSION}"}
+    known = {replicate_seed.MODEL_VERSION, replicate_seed.MODEL_ID, f"{replicate_seed.MODEL_ID}:{replicate_seed.MODEL_VERSION}"}
     if version not in known:
         raise ModelNotFound(f"version: {version[:80]!r} does not exist (or you may not use it); "
-                            f"this server runs {seed.MODEL_ID}:{seed.MODEL_VERSION}")
+                            f"this server runs {replicate_seed.MODEL_ID}:{replicate_seed.MODEL_VERSION}")
 
 
 def _prefer_wait(prefer: str | None) -> float | None:
@@ -150,30 +151,21 @@ async def json_object_body(request: Request) -> dict[str, Any]:
 
 
 async def _create(request: Request, body: ModelPredictionIn, version: str) -> JSONResponse:
-    services = services_of(request.app)
+    context = server_context(request)
+    jobs = context.jobs
     wait_s = _prefer_wait(request.headers.get("prefer"))
-    allow_private = services.job_settings.webhook_allow_private
     webhook = body.webhook or body.webhook_completed
-    if webhook is not None:
-        validate_webhook_url(webhook, allow_private=allow_private)
-    events = parse_events_filter(body.webhook_events_filter)
+    events = body.webhook_events_filter
     if body.webhook is None and body.webhook_completed is not None:
-        events = ("completed",)
-    key_id = api_key_id(request)
-    base = services.base_url(request)
-    stored_input, keys = await seed.accept_input(services, body.input, api_key_id=key_id, base_url=base)
-    headers = services.charge(key_id)
-    try:
-        job, _ = services.runner.submit(kind=KIND, model=seed.MODEL_ID, input=stored_input,
-                                        meta={"version": version, "base_url": base}, webhook=webhook,
-                                        webhook_events=events, api_key_id=key_id)
-    except BaseException:
-        services.refund(key_id)
-        raise
-    if keys:
-        services.store.add_file_keys(job.id, keys)
+        events = ["completed"]
+    key_id = context.api_key_id(request)
+    base = jobs.base_url(request)
+    stored_input, keys = await replicate_seed.accept_input(jobs, body.input, api_key_id=key_id, base_url=base)
+    job, headers = jobs.submit(kind=KIND, model=replicate_seed.MODEL_ID, input=stored_input, api_key_id=key_id,
+                               base_url=base, webhook=webhook, webhook_events=events, meta={"version": version},
+                               file_keys=keys)
     if wait_s is not None:
-        job = await services.runner.wait_async(job.id, wait_s, api_key_id=key_id)
+        job = await jobs.runner.wait_async(job.id, wait_s, api_key_id=key_id)
     return JSONResponse(prediction_json(job, waited=wait_s is not None), status_code=201, headers=headers)
 
 
@@ -183,7 +175,7 @@ async def create_prediction(request: Request) -> JSONResponse:
     """Create a prediction of the seed model by version id."""
     body = ReplicatePredictionIn.model_validate(await json_object_body(request))
     _check_version(body.version)
-    return await _create(request, body, seed.MODEL_VERSION)
+    return await _create(request, body, replicate_seed.MODEL_VERSION)
 
 
 @router.post("/v1/models/{owner}/{name}/predictions", status_code=201,
@@ -193,11 +185,11 @@ async def create_model_prediction(owner: str, name: str, request: Request) -> JS
     """Create a prediction of the model's latest version."""
     _check_model(owner, name)
     body = ModelPredictionIn.model_validate(await json_object_body(request))
-    return await _create(request, body, seed.MODEL_VERSION)
+    return await _create(request, body, replicate_seed.MODEL_VERSION)
 
 
-def _own_job(services: JobServices, prediction_id: str, request: Request) -> Job:
-    job = services.store.get(prediction_id, api_key_id=api_key_id(request))
+def _own_job(jobs: JobService, prediction_id: str, request: Request) -> Job:
+    job = jobs.store.get(prediction_id, api_key_id=server_context(request).api_key_id(request))
     if job.kind != KIND:
         raise JobNotFound(f"no prediction with id {prediction_id!r}")
     return job
@@ -206,31 +198,32 @@ def _own_job(services: JobServices, prediction_id: str, request: Request) -> Job
 @router.get("/v1/predictions", responses={200: {"model": dict[str, Any]}, **_ERRORS})
 async def list_predictions(request: Request, cursor: str | None = None) -> JSONResponse:
     """Predictions of the calling key, newest first, 100 per page (`next` is the following page's URL)."""
-    services = services_of(request.app)
+    context = server_context(request)
+    jobs = context.jobs
     before = None
     if cursor is not None:
         try:
             before = float(cursor)
         except ValueError:
             raise InvalidInput(f"cursor: not a cursor from a previous page ({cursor[:40]!r})", "cursor") from None
-    jobs = services.store.list(api_key_id=api_key_id(request), kind=KIND, created_before=before, limit=100)
-    base = services.base_url(request)
-    following = f"{base}/v1/predictions?cursor={jobs[-1].created_at!r}" if len(jobs) == 100 else None
-    return JSONResponse({"previous": None, "next": following, "results": [prediction_json(job) for job in jobs]})
+    found = jobs.store.list(api_key_id=context.api_key_id(request), kind=KIND, created_before=before, limit=100)
+    base = jobs.base_url(request)
+    following = f"{base}/v1/predictions?cursor={found[-1].created_at!r}" if len(found) == 100 else None
+    return JSONResponse({"previous": None, "next": following, "results": [prediction_json(job) for job in found]})
 
 
 @router.get("/v1/predictions/{prediction_id}", responses={200: {"model": ReplicatePrediction}, **_ERRORS})
 async def get_prediction(prediction_id: str, request: Request) -> JSONResponse:
     """The prediction's current state."""
-    return JSONResponse(prediction_json(_own_job(services_of(request.app), prediction_id, request)))
+    return JSONResponse(prediction_json(_own_job(server_context(request).jobs, prediction_id, request)))
 
 
 @router.post("/v1/predictions/{prediction_id}/cancel", responses={200: {"model": ReplicatePrediction}, **_ERRORS})
 async def cancel_prediction(prediction_id: str, request: Request) -> JSONResponse:
     """Cancel: a queued prediction ends now, a running one when its current step ends."""
-    services = services_of(request.app)
-    job = _own_job(services, prediction_id, request)
-    return JSONResponse(prediction_json(services.runner.cancel(job.id, api_key_id=job.api_key_id)))
+    jobs = server_context(request).jobs
+    job = _own_job(jobs, prediction_id, request)
+    return JSONResponse(prediction_json(jobs.runner.cancel(job.id, api_key_id=job.api_key_id)))
 
 
 @router.get("/v1/models/{owner}/{name}", responses={200: {"model": dict[str, Any]}, **_ERRORS})
@@ -238,7 +231,7 @@ async def get_model(owner: str, name: str) -> JSONResponse:
     """The seed model and its latest version."""
     _check_model(owner, name)
     return JSONResponse({
-        "url": f"https://replicate.com/{seed.MODEL_ID}", "owner": seed.MODEL_OWNER, "name": seed.MODEL_NAME,
+        "url": f"https://replicate.com/{replicate_seed.MODEL_ID}", "owner": replicate_seed.MODEL_OWNER, "name": replicate_seed.MODEL_NAME,
         "description": "Segment Anything 2 automatic mask generation, served by segany",
         "visibility": "public", "github_url": None, "paper_url": None, "license_url": None, "run_count": 0,
         "cover_image_url": None, "default_example": None, "latest_version": version_json(),
@@ -255,15 +248,15 @@ async def list_versions(owner: str, name: str) -> JSONResponse:
 async def get_version(owner: str, name: str, version_id: str) -> JSONResponse:
     """The version with its `openapi_schema` (Cog's `Input` and `Output`)."""
     _check_model(owner, name)
-    if version_id != seed.MODEL_VERSION:
-        raise ModelNotFound(f"version {version_id[:80]!r} of {seed.MODEL_ID} does not exist")
+    if version_id != replicate_seed.MODEL_VERSION:
+        raise ModelNotFound(f"version {version_id[:80]!r} of {replicate_seed.MODEL_ID} does not exist")
     return JSONResponse(version_json())
 
 
 # ---- files -----------------------------------------------------------------------------------------------
 
 
-def file_json(info: StoredFile, services: JobServices, base: str,
+def file_json(info: StoredFile, jobs: JobService, base: str,
               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """A Replicate file object; `urls.get` is accepted as an input image of this server."""
     return {
@@ -271,14 +264,14 @@ def file_json(info: StoredFile, services: JobServices, base: str,
         "etag": info.md5 or "", "checksums": {name: value for name, value in (("sha256", info.sha256),
                                                                               ("md5", info.md5)) if value},
         "metadata": metadata or {}, "created_at": iso8601(info.created_at),
-        "expires_at": iso8601(info.created_at + services.job_settings.job_ttl_s),
+        "expires_at": iso8601(info.created_at + jobs.settings.job_ttl_s),
         "urls": {"get": f"{base}/v1/files/{info.key}"},
     }
 
 
-def _own_file(services: JobServices, file_id: str, request: Request) -> StoredFile:
-    info = services.storage.info(file_id)
-    if info.owner != api_key_id(request):
+def _own_file(jobs: JobService, file_id: str, request: Request) -> StoredFile:
+    info = jobs.storage.info(file_id)
+    if info.owner != server_context(request).api_key_id(request):
         raise StoredFileNotFound(f"no file {file_id[:80]!r}")
     return info
 
@@ -293,7 +286,8 @@ _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-
              responses={201: {"model": dict[str, Any]}, **_ERRORS})
 async def create_file(request: Request) -> JSONResponse:
     """Upload a file (multipart field `content`) to use as an input; it expires after `job_ttl_s`."""
-    services = services_of(request.app)
+    context = server_context(request)
+    jobs = context.jobs
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise InvalidInput("body: send multipart/form-data with the file in the field 'content'", "content")
     try:
@@ -316,27 +310,31 @@ async def create_file(request: Request) -> JSONResponse:
     suffix = suffix if 2 <= len(suffix) <= 11 and suffix[1:].isalnum() else ""
     content_type = str(form.get("type") or upload.content_type or "application/octet-stream")[:100]
     data = await upload.read()
-    key = services.storage.put(data, suffix, content_type, name=name, owner=api_key_id(request))
-    info = services.storage.info(key)
-    return JSONResponse(file_json(info, services, services.base_url(request), metadata), status_code=201)
+    key = jobs.storage.put(data, suffix, content_type, name=name, owner=context.api_key_id(request))
+    info = jobs.storage.info(key)
+    return JSONResponse(file_json(info, jobs, jobs.base_url(request), metadata), status_code=201)
 
 
 @router.get("/v1/files/{file_id}", responses={200: {"model": dict[str, Any]}, **_ERRORS})
 async def get_file(file_id: str, request: Request) -> JSONResponse:
     """An uploaded file's description."""
-    services = services_of(request.app)
-    return JSONResponse(file_json(_own_file(services, file_id, request), services, services.base_url(request)))
+    jobs = server_context(request).jobs
+    return JSONResponse(file_json(_own_file(jobs, file_id, request), jobs, jobs.base_url(request)))
 
 
 @router.delete("/v1/files/{file_id}", status_code=204, responses={204: {"description": "deleted"}, **_ERRORS})
 async def delete_file(file_id: str, request: Request) -> Response:
     """Delete an uploaded file."""
-    services = services_of(request.app)
-    services.storage.delete(_own_file(services, file_id, request).key)
+    jobs = server_context(request).jobs
+    jobs.storage.delete(_own_file(jobs, file_id, request).key)
     return Response(status_code=204)
 
 
 @router.get("/v1/webhooks/default/secret", responses={200: {"model": dict[str, str]}, **_ERRORS})
 async def webhook_secret(request: Request) -> JSONResponse:
     """The `whsec_...` key the server signs webhooks with."""
-    return JSONResponse({"key": services_of(request.app).signing_secret})
+    return JSONResponse({"key": server_context(request).jobs.signing_secret})
+
+
+DIALECT = Dialect("replicate", router, PATH_PREFIXES, error_response, renders_http_errors=True,
+                  job_kinds={KIND: JobKind(replicate_seed.run_prediction, prediction_json)})

@@ -12,18 +12,18 @@ import asyncio
 import copy
 import hashlib
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 from segany.io.masks import mask_to_png
 from segany.predict.amg.params import validated_params
+from segany.server.dialects.auto_params import request_field
+from segany.server.engine.engine import Engine
+from segany.server.jobs.job_images import load_job_image, prepare_image
+from segany.server.jobs.service import JobService
 from segany.server.jobs.store import Job
-from segany.server.http.limits import Limits
 from segany.server.jobs.workers import JobContext
-
-if TYPE_CHECKING:
-    from segany.server.jobs.service import JobServices
 
 MODEL_OWNER = "lucataco"
 MODEL_NAME = "segment-anything-2"
@@ -33,48 +33,48 @@ VERSION_CREATED_AT = "2024-07-31T00:00:00.000000Z"
 COG_VERSION = "0.9.13"  # the Cog HTTP API segany speaks; any version >= 0.3.9 marks array outputs as lists
 
 
-def _input(default: Any, order: int, description: str, **bounds: Any) -> Any:
-    return Field(default, description=description, json_schema_extra={"x-order": order}, **bounds)
+# The seed's generator inputs in its order: (its name, the MaskGenerator parameter, its default, its description).
+# Types and bounds come from the one declaration in `segany.predict.amg.params` (via `request_field`).
+_SEED_PARAMETERS: tuple[tuple[str, str, Any, str], ...] = (
+    ("points_per_side", "points_per_side", 64, "Grid points sampled along each side of the image."),
+    ("points_per_batch", "points_per_batch", 128, "Grid points decoded together."),
+    ("pred_iou_thresh", "pred_iou_thresh", 0.7, "Drop masks whose predicted IoU is below this (0 to 1)."),
+    ("stability_score_thresh", "stability_score_thresh", 0.92,
+     "Drop masks whose stability (IoU between masks at shifted cutoffs) is below this (0 to 1)."),
+    ("stability_score_offset", "stability_score_offset", 0.7, "How far the cutoff shifts for the stability score."),
+    ("crop_n_layers", "crop_n_layers", 1, "Layers of image crops segmented again (layer i has 4**i crops)."),
+    ("box_nms_thresh", "box_nms_thresh", 0.7, "Box IoU above which non-maximum suppression drops duplicate masks."),
+    ("crop_n_points_downscale_factor", "crop_n_points_downscale_factor", 2,
+     "Crop layer i samples points_per_side / factor**i points per side."),
+    ("min_mask_region_area", "min_mask_region_area", 25.0,
+     "Fill holes and remove islands smaller than this many pixels (0 turns it off)."),
+    ("mask_2_mask", "use_m2m", True, "Refine each mask once more, prompting with its own logits."),
+    ("multimask_output", "multimask_output", False, "Three candidate masks per grid point instead of one."),
+)
 
 
-# The seed's inputs (no docstring: it would become the schema's description, which Cog's has not).
-# Unknown fields are refused, so a typo does not silently run with a default.
-class Input(BaseModel):
+# No docstring: it would become the schema's description, which Cog's has not.
+class _SeedInput(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, title="Input")
-
-    image: str = Field(description="Image to segment: an http(s) URL, a data: URI or an uploaded file's URL",
-                       json_schema_extra={"format": "uri", "x-order": 0})
-    mask_limit: int = _input(-1, 1, "Most masks to return, best predicted IoU first; -1 returns all of them.",
-                             ge=-1, le=100_000)
-    points_per_side: int = _input(64, 2, "Grid points sampled along each side of the image.", ge=1)
-    points_per_batch: int = _input(128, 3, "Grid points decoded together.", ge=1, le=1024)
-    pred_iou_thresh: float = _input(0.7, 4, "Drop masks whose predicted IoU is below this (0 to 1).", ge=0, le=1)
-    stability_score_thresh: float = _input(
-        0.92, 5, "Drop masks whose stability (IoU between masks at shifted cutoffs) is below this (0 to 1).",
-        ge=0, le=1)
-    stability_score_offset: float = _input(0.7, 6, "How far the cutoff shifts for the stability score.",
-                                           ge=0, le=1000)
-    crop_n_layers: int = _input(1, 7, "Layers of image crops segmented again (layer i has 4**i crops).", ge=0, le=4)
-    box_nms_thresh: float = _input(0.7, 8, "Box IoU above which non-maximum suppression drops duplicate masks.",
-                                   ge=0, le=1)
-    crop_n_points_downscale_factor: int = _input(
-        2, 9, "Crop layer i samples points_per_side / factor**i points per side.", ge=1, le=16)
-    min_mask_region_area: float = _input(
-        25.0, 10, "Fill holes and remove islands smaller than this many pixels (0 turns it off).", ge=0, le=1e8)
-    mask_2_mask: bool = _input(True, 11, "Refine each mask once more, prompting with its own logits.")
-    multimask_output: bool = _input(False, 12, "Three candidate masks per grid point instead of one.")
 
     def generator_kwargs(self) -> dict[str, Any]:
         """`segany.MaskGenerator` keyword arguments."""
-        return {
-            "points_per_side": self.points_per_side, "points_per_batch": self.points_per_batch,
-            "pred_iou_thresh": self.pred_iou_thresh, "stability_score_thresh": self.stability_score_thresh,
-            "stability_score_offset": self.stability_score_offset, "crop_n_layers": self.crop_n_layers,
-            "box_nms_thresh": self.box_nms_thresh,
-            "crop_n_points_downscale_factor": self.crop_n_points_downscale_factor,
-            "min_mask_region_area": self.min_mask_region_area, "use_m2m": self.mask_2_mask,
-            "multimask_output": self.multimask_output, "output_mode": "binary_mask",
-        }
+        return {parameter: getattr(self, name) for name, parameter, _, _ in _SEED_PARAMETERS} | {
+            "output_mode": "binary_mask"}
+
+
+# The seed's inputs. Unknown fields are refused, so a typo does not silently run with a default.
+Input = create_model(
+    "Input", __base__=_SeedInput,
+    image=(str, Field(description="Image to segment: an http(s) URL, a data: URI or an uploaded file's URL",
+                      json_schema_extra={"format": "uri", "x-order": 0})),
+    mask_limit=(int, Field(-1, description="Most masks to return, best predicted IoU first; -1 returns all of them.",
+                           ge=-1, le=100_000, json_schema_extra={"x-order": 1})),
+    **{name: request_field(parameter, default=default, description=description,
+                           annotation=float if name == "min_mask_region_area" else None,
+                           json_schema_extra={"x-order": order})
+       for order, (name, parameter, default, description) in enumerate(_SEED_PARAMETERS, start=2)},
+)
 
 
 UriString = Annotated[str, Field(json_schema_extra={"format": "uri"})]
@@ -101,21 +101,19 @@ def input_digest(raw: Any) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def check_limits(params: Input, limits: Limits) -> None:
+def check_limits(params: Input, engine: Engine) -> None:
     """Refuse grids the server does not run (InvalidInput, 400) before the job is queued."""
-    limits.check_auto_grid(params.points_per_side, params.crop_n_layers, params.crop_n_points_downscale_factor)
+    engine.check_generate(params.generator_kwargs())
     validated_params(None, **params.generator_kwargs())  # e.g. a downscale factor that leaves no points
 
 
-async def accept_input(services: JobServices, raw: Any, *, api_key_id: str | None,
+async def accept_input(jobs: JobService, raw: Any, *, api_key_id: str | None,
                        base_url: str) -> tuple[dict[str, Any], list[str]]:
     """Validate a submitted input; returns the input to record (inline image replaced by its stored URL) and
     the storage keys to tie to the job."""
-    from segany.server.jobs.service import prepare_image
-
     params = parse_input(raw)
-    await asyncio.to_thread(check_limits, params, services.app.state.limits)
-    image = await prepare_image(services, params.image, api_key_id=api_key_id, base_url=base_url,
+    await asyncio.to_thread(check_limits, params, jobs.engine)
+    image = await prepare_image(jobs, params.image, api_key_id=api_key_id, base_url=base_url,
                                 field="input.image")
     return {**raw, "image": image.value}, image.keys
 
@@ -153,22 +151,20 @@ def select_masks(records: list[dict[str, Any]], mask_limit: int) -> list[dict[st
     return ranked if mask_limit < 0 else ranked[:mask_limit]
 
 
-def run_prediction(services: JobServices, job: Job, context: JobContext) -> list[str]:
+def run_prediction(jobs: JobService, job: Job, context: JobContext) -> list[str]:
     """The job handler of the Replicate and Cog dialects: automatic masks -> PNG files -> their URLs."""
-    from segany.server.jobs.service import load_job_image
-
     params = parse_input(job.input)
     context.raise_if_canceled()
-    image = load_job_image(services, job, params.image, "input.image")
+    image = load_job_image(jobs, job, params.image, "input.image")
     height, width = image.size_hw
     context.log(f"segmenting a {width}x{height} image with {params.points_per_side} points per side")
-    records = services.call(services.engine.generate(image, None, params.generator_kwargs()))
+    records = jobs.call(jobs.engine.generate(image, None, params.generator_kwargs()))
     chosen = select_masks(records, params.mask_limit)
     context.log(f"{len(records)} masks found, returning {len(chosen)}")
     context.raise_if_canceled()
     urls = []
     for record in chosen:
-        key = services.storage.put(mask_to_png(record["segmentation"]), ".png", "image/png", owner=job.api_key_id)
+        key = jobs.storage.put(mask_to_png(record["segmentation"]), ".png", "image/png", owner=job.api_key_id)
         context.add_files(key)
-        urls.append(services.file_url(key, job))
+        urls.append(jobs.file_url(key, job))
     return urls

@@ -25,10 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segany.errors import InvalidInput
 from segany.server.dialects.roboflow_io import binary_response, decode_request_image, prediction_entry
+from segany.server.context import server_context
+from segany.server.dialects.dialect import Dialect
 from segany.server.engine.engine import EmbedResult, Engine, Prompt
 from segany.server.http.errors import ErrorInfo, ImageIdNotFound
 from segany.server.http.limits import Limits
-from segany.server.engine.logits_cache import LogitsCache, PromptKey
+from segany.server.engine.logits_cache import PromptKey
 from segany.server.http.openapi import body_schema
 from segany.server.http.mask_encoding import decode_logits
 from segany.server.http.prompt_fields import make_prompt
@@ -169,7 +171,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {c: {"model": RoboflowError} for c in
              responses={200: {"model": EmbedOut}, **_ERRORS})
 async def embed_image(request: Request) -> JSONResponse:
     """Embed an image and cache it under `image_id` (given, or the pixel digest)."""
-    engine: Engine = request.app.state.engine
+    engine = server_context(request).engine
     body: Sam2EmbeddingRequest = await _json_body(request, Sam2EmbeddingRequest)
     started = time.perf_counter()
     result = await engine.run(lambda: _embedded(engine, body, body.image))
@@ -200,9 +202,9 @@ def _prompts(body: Sam2SegmentationRequest, limits: Limits) -> list[Prompt]:
              responses={200: {"model": SegmentOut, "content": {"application/octet-stream": {}}}, **_ERRORS})
 async def segment_image(request: Request) -> Response:
     """Best mask per prompt as polygons (`json`), COCO RLE (`rle`) or an npz file (`binary`)."""
-    engine: Engine = request.app.state.engine
-    limits: Limits = request.app.state.limits
-    logits_cache: LogitsCache = request.app.state.logits_cache
+    context = server_context(request)
+    engine, limits = context.engine, context.limits
+    logits_cache = engine.logits_cache
     body: Sam2SegmentationRequest = await _json_body(request, Sam2SegmentationRequest)
     prompts = _prompts(body, limits)
     keys = [PromptKey.of(p.points_xy, p.labels, p.box_xyxy) for p in prompts]
@@ -230,3 +232,6 @@ async def segment_image(request: Request) -> Response:
         return JSONResponse({"predictions": predictions, "time": time.perf_counter() - started})
 
     return await engine.run(work)
+
+
+DIALECT = Dialect("roboflow", router, PATH_PREFIXES, error_response)

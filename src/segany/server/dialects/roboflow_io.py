@@ -17,7 +17,7 @@ from segany.io.images import decode_base64_image
 from segany.io.masks import mask_to_polygons, polygons_to_coco
 from segany.io.rle import coco_encode
 from segany.server.engine.engine import DecodedImage, Engine, PromptOutput
-from segany.server.http.image_source import fetch_image
+from segany.server.http.image_source import ImageSource
 from segany.server.http.mask_encoding import finite_float
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -46,14 +46,11 @@ def _numpy_image(value: Any, max_pixels: int) -> np.ndarray:
 
 async def decode_request_image(engine: Engine, kind: str, value: Any) -> DecodedImage:
     """Decode a Roboflow `{"type", "value"}` image into RGB pixels."""
-    if kind == "base64":
+    if kind in ("base64", "url"):
         if not isinstance(value, str):
-            raise InvalidImage("image.value: base64 images are text", "image")
-        return await engine.decode_image(decode_base64_image(value, field="image"), "image")
-    if kind == "url":
-        if not isinstance(value, str):
-            raise InvalidImage("image.value: expected a URL string", "image")
-        return await engine.decode_image(await fetch_image(engine, value, "image"), "image")
+            raise InvalidImage("image.value: base64 images are text" if kind == "base64" else
+                               "image.value: expected a URL string", "image")
+        return await ImageSource("inline" if kind == "base64" else "url", value, "image").decode(engine)
     if kind == "numpy":
         array = _numpy_image(value, engine.settings.max_image_pixels)
         return await engine.decode_image(array, "image")

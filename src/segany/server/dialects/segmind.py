@@ -5,8 +5,8 @@ the object), `coordinates` (positive points, `"[x,y]"` or `"[[x,y],...]"`), `rem
 (negative points, same format), `overlay_mask` (default true), `base64` (default false). As Segmind
 documents, a prompt wins: the coordinates are then ignored (but must still be well formed). One point
 picks the best of three candidate masks; several points (or negatives) give one mask. Text goes to the
-server's open-vocabulary detector (`app.state.text_grounder`, else segany's default Grounding DINO) and
-the masks of every box it finds are merged; no box gives an empty mask.
+engine's open-vocabulary detector (`--text-model`, Grounding DINO tiny by default) and the masks of every
+box it finds are merged; no box gives an empty mask.
 
 - `POST /v1/sam-v2-image` -> `image/jpeg` (the image with the mask drawn over it, or the mask itself), or
   `{"image": "<base64 JPEG>"}` with `base64`.
@@ -27,21 +27,22 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from segany.errors import InvalidInput, InvalidPrompt
 from segany.io.masks import encode_image, overlay_masks
+from segany.server.context import ServerContext, server_context
+from segany.server.dialects.dialect import Dialect
 from segany.server.dialects.replicate import json_object_body
 from segany.server.engine.engine import DecodedImage, Engine, Prompt
-from segany.server.http.errors import ErrorInfo
-from segany.server.http.image_source import image_from_text
-from segany.server.jobs.store import Job, JobNotFound, JobStatus, iso8601
-from segany.server.jobs.service import (
-    JobServices, api_key_id, load_job_image, own_file_key, prepare_image, services_of,
-)
+from segany.server.http.errors import ErrorInfo, validation_message
+from segany.server.http.image_source import classify
 from segany.server.http.limits import Limits
+from segany.server.jobs.job_images import load_job_image, prepare_image
+from segany.server.jobs.service import JobKind, JobService
+from segany.server.jobs.store import Job, JobNotFound, JobStatus, iso8601
 from segany.server.http.openapi import body_schema
 from segany.server.jobs.workers import JobContext
 
@@ -82,9 +83,8 @@ def parse_request(document: dict[str, Any]) -> SamV2ImageIn:
     try:
         return SamV2ImageIn.model_validate(document)
     except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-        raise InvalidInput(f"{where}: {first.get('msg', 'invalid value')}", where) from None
+        message, where = validation_message(error.errors(include_url=False))
+        raise InvalidInput(message, where or "body") from None
 
 
 def _is_number(value: Any) -> bool:
@@ -120,30 +120,14 @@ def _check_inside(points: np.ndarray, size_hw: tuple[int, int], field: str) -> N
         raise InvalidPrompt(f"{field}: point [{x:g},{y:g}] lies outside the {width}x{height} image", field)
 
 
-def text_grounder(app: FastAPI) -> Any:
-    """The server's text detector: `app.state.text_grounder`, else segany's default (built once)."""
-    grounder = getattr(app.state, "text_grounder", None)
-    if grounder is None:
-        from segany.predict.text.segment import default_grounder
-
-        grounder = app.state.text_grounder = default_grounder()
-    return grounder
-
-
-async def segment_mask(app: FastAPI, fields: SamV2ImageIn, image: DecodedImage) -> np.ndarray:
+async def segment_mask(engine: Engine, fields: SamV2ImageIn, image: DecodedImage) -> np.ndarray:
     """The request's (H, W) bool mask: from the text prompt if there is one, else from the points."""
-    engine: Engine = app.state.engine
-    limits: Limits = app.state.limits
     prompt = (fields.prompt or "").strip()
     if prompt:
-        grounder = await asyncio.to_thread(text_grounder, app)
-        found = await asyncio.to_thread(grounder.ground, image.rgb, prompt)
-        boxes = np.asarray(found.boxes_xyxy, dtype=np.float64)[: limits.max_prompts]
-        if len(boxes) == 0:
+        found = await engine.segment_text(image, prompt, max_boxes=engine.limits.max_prompts)
+        if found.mask is None or len(found) == 0:
             return np.zeros(image.size_hw, dtype=bool)
-        embedded = await engine.embed(image)
-        outputs = await engine.predict(embedded, [Prompt(box_xyxy=box) for box in boxes], multimask=False)
-        return np.logical_or.reduce([output.masks[0] for output in outputs])
+        return found.mask.any(axis=0)
     positive = parse_points(fields.coordinates, "coordinates")
     negative = parse_points(fields.remove_coordinates, "remove_coordinates")
     if len(positive) + len(negative) == 0:
@@ -163,17 +147,9 @@ def render_jpeg(image: DecodedImage, mask: np.ndarray, overlay: bool) -> bytes:
     return encode_image(pixels, "jpeg", quality=JPEG_QUALITY)
 
 
-async def segment_jpeg(app: FastAPI, fields: SamV2ImageIn, image: DecodedImage) -> bytes:
-    mask = await segment_mask(app, fields, image)
+async def segment_jpeg(engine: Engine, fields: SamV2ImageIn, image: DecodedImage) -> bytes:
+    mask = await segment_mask(engine, fields, image)
     return await asyncio.to_thread(render_jpeg, image, mask, fields.overlay_mask)
-
-
-async def _decoded(services: JobServices, value: str, base_url: str) -> DecodedImage:
-    own = own_file_key(value, base_url)
-    if own is not None:  # this server's own file: read it, do not fetch our own URL
-        data = await asyncio.to_thread(services.storage.get, own[0])
-        return await services.engine.decode_image(data, "image")
-    return await image_from_text(services.engine, value, "image")
 
 
 def _check_prompt_fields(fields: SamV2ImageIn, limits: Limits) -> None:
@@ -185,24 +161,32 @@ def _check_prompt_fields(fields: SamV2ImageIn, limits: Limits) -> None:
         raise InvalidPrompt("prompt: give a text prompt or coordinates", "prompt")
 
 
+async def _accept(request: Request) -> tuple[ServerContext, SamV2ImageIn, str | None]:
+    """The context, the checked request fields and the caller's API key id (the job store must be up)."""
+    context = server_context(request)
+    context.jobs  # noqa: B018 - a 503 before any work while the job store is starting
+    fields = parse_request(await json_object_body(request))
+    _check_prompt_fields(fields, context.limits)
+    return context, fields, context.api_key_id(request)
+
+
 @router.post("/v1/sam-v2-image", openapi_extra=body_schema(SamV2ImageIn, multipart=False),
              responses={200: {"content": {"image/jpeg": {}, "application/json": {}}}, **_ERRORS})
 async def sam_v2_image(request: Request) -> Response:
     """Segment the object named by `prompt` or `coordinates`; answers the JPEG (or its base64)."""
-    services = services_of(request.app)
-    fields = parse_request(await json_object_body(request))
-    _check_prompt_fields(fields, request.app.state.limits)
-    key_id = api_key_id(request)
-    headers = services.charge(key_id)
-    base = services.base_url(request)
+    context, fields, key_id = await _accept(request)
+    jobs = context.jobs
+    headers = jobs.charge(key_id)
+    # This server's own files are read from storage (never fetched from our own URL).
+    source = classify(fields.image, "image", base_url=jobs.base_url(request))
 
     async def work() -> bytes:
-        return await segment_jpeg(request.app, fields, await _decoded(services, fields.image, base))
+        return await segment_jpeg(context.engine, fields, await source.decode(context.engine, jobs.storage.get))
 
     try:
-        jpeg = await services.engine.run(work)
+        jpeg = await context.engine.run(work)
     except BaseException:
-        services.refund(key_id)
+        jobs.refund(key_id)
         raise
     if fields.base64:
         return JSONResponse({"image": b64.b64encode(jpeg).decode("ascii")}, headers=headers)
@@ -213,44 +197,35 @@ async def sam_v2_image(request: Request) -> Response:
              responses={200: {"model": dict[str, Any]}, **_ERRORS})
 async def submit(request: Request) -> JSONResponse:
     """Queue the request; poll `status_url`, then read `response_url`."""
-    services = services_of(request.app)
-    fields = parse_request(await json_object_body(request))
-    _check_prompt_fields(fields, request.app.state.limits)
-    key_id = api_key_id(request)
-    base = services.base_url(request)
-    image = await prepare_image(services, fields.image, api_key_id=key_id, base_url=base, field="image",
+    context, fields, key_id = await _accept(request)
+    jobs = context.jobs
+    base = jobs.base_url(request)
+    image = await prepare_image(jobs, fields.image, api_key_id=key_id, base_url=base, field="image",
                                 plain_base64=True)
     if image.size_hw is not None and not (fields.prompt or "").strip():
         _check_inside(parse_points(fields.coordinates, "coordinates"), image.size_hw, "coordinates")
         _check_inside(parse_points(fields.remove_coordinates, "remove_coordinates"), image.size_hw,
                       "remove_coordinates")
-    headers = services.charge(key_id)
-    try:
-        job, _ = services.runner.submit(kind=KIND, model=SLUG, input={**fields.model_dump(), "image": image.value},
-                                        meta={"base_url": base}, api_key_id=key_id)
-    except BaseException:
-        services.refund(key_id)
-        raise
-    if image.keys:
-        services.store.add_file_keys(job.id, image.keys)
+    job, headers = jobs.submit(kind=KIND, model=SLUG, input={**fields.model_dump(), "image": image.value},
+                               api_key_id=key_id, base_url=base, file_keys=image.keys)
     return JSONResponse({"request_id": job.id, "status": _STATUS[job.status],
                          "status_url": f"{base}/v2/requests/{job.id}/status",
                          "response_url": f"{base}/v2/requests/{job.id}"}, headers=headers)
 
 
-def run_job(services: JobServices, job: Job, context: JobContext) -> str:
+def run_job(jobs: JobService, job: Job, context: JobContext) -> str:
     """The v2 job handler: the JPEG is stored and its URL returned (its base64 with `base64`)."""
     fields = SamV2ImageIn.model_validate(job.input)
-    image = load_job_image(services, job, fields.image, "image")
+    image = load_job_image(jobs, job, fields.image, "image")
     context.raise_if_canceled()
     started = time.perf_counter()
-    jpeg = services.call(segment_jpeg(services.app, fields, image))
+    jpeg = jobs.call(segment_jpeg(jobs.engine, fields, image))
     context.metrics["inference_time"] = round(time.perf_counter() - started, 4)
     if fields.base64:
         return b64.b64encode(jpeg).decode("ascii")
-    key = services.storage.put(jpeg, ".jpg", "image/jpeg", owner=job.api_key_id)
+    key = jobs.storage.put(jpeg, ".jpg", "image/jpeg", owner=job.api_key_id)
     context.add_files(key)
-    return services.file_url(key, job)
+    return jobs.file_url(key, job)
 
 
 def status_json(job: Job) -> dict[str, Any]:
@@ -267,7 +242,8 @@ def result_json(job: Job) -> dict[str, Any]:
 
 
 def _own_job(request: Request, request_id: str) -> Job:
-    job = services_of(request.app).store.get(request_id, api_key_id=api_key_id(request))
+    context = server_context(request)
+    job = context.jobs.store.get(request_id, api_key_id=context.api_key_id(request))
     if job.kind != KIND:
         raise JobNotFound(f"no request with id {request_id!r}")
     return job
@@ -287,3 +263,7 @@ async def request_status(request_id: str, request: Request) -> JSONResponse:
 async def request_result(request_id: str, request: Request) -> JSONResponse:
     """The status with `output` and `metrics` once COMPLETED."""
     return _answer(result_json(_own_job(request, request_id)))
+
+
+DIALECT = Dialect("segmind", router, PATH_PREFIXES, error_response, renders_http_errors=True,
+                  job_kinds={KIND: JobKind(run_job, result_json)})

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,60 +22,24 @@ import numpy as np
 
 from segany.errors import InvalidPrompt
 from segany.io.images import image_digest, load_image
+from segany.predict.amg.params import MaskGeneratorParams
 from segany.predict.predictor import Predictor
-from segany.predict.types import ImageEmbedding, Prediction
+from segany.predict.types import Detections, ImageEmbedding, Prediction
 from segany.server.engine.batching import BatchLane
 from segany.server.engine.embedding_cache import EmbeddingCache
 from segany.server.engine.caching_predictor import CachingPredictor
+from segany.server.engine.detector_pool import DetectorPool
+from segany.server.engine.logits_cache import LogitsCache
+from segany.server.engine.recent_images import RecentImages
+from segany.server.engine.types import DecodedImage, EmbedResult, Prompt, PromptOutput
 from segany.server.http.errors import ImageIdNotFound, RequestTimeout, ServerBusy
+from segany.server.http.limits import Limits
 from segany.server.http.metrics import ServerMetrics
 from segany.server.engine.model_pool import ModelLoader, ModelPool
 from segany.server.settings import ServerSettings
 
 log = logging.getLogger("segany.server")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, eq=False)
-class DecodedImage:
-    rgb: np.ndarray  # (H, W, 3) uint8
-    digest: str  # image_digest(rgb): the cache key and the native image_id
-
-    @property
-    def size_hw(self) -> tuple[int, int]:
-        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
-
-
-@dataclass(frozen=True, eq=False)
-class EmbedResult:
-    embedding: ImageEmbedding
-    image_id: str
-    variant: str
-    cached: bool  # True when this request started no embed (cache hit, or joined one in flight)
-    embed_ms: float
-
-
-@dataclass(frozen=True, eq=False)
-class Prompt:
-    """One prompt in pixels of the original image."""
-
-    points_xy: np.ndarray | None = None  # (N, 2) float
-    labels: np.ndarray | None = None  # (N,) int: 1 positive, 0 negative, -1 padding
-    box_xyxy: np.ndarray | None = None  # (4,) float
-    mask_input: np.ndarray | None = None  # (1, 256, 256) float32 logits
-
-    def signature(self) -> tuple[int, bool, bool]:
-        return (0 if self.points_xy is None else len(self.points_xy), self.box_xyxy is not None,
-                self.mask_input is not None)
-
-
-@dataclass(frozen=True, eq=False)
-class PromptOutput:
-    """One prompt's result: C masks (3 with multimask, else 1) in the decoder's order."""
-
-    masks: np.ndarray  # (C, H, W) bool, or float32 logits when return_logits
-    scores: np.ndarray  # (C,) float32 predicted IoU
-    low_res_logits: np.ndarray  # (C, 256, 256) float32, clamped to +-32
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +113,10 @@ class Engine:
         self._seconds_per_request = 0.5  # running average, for Retry-After
         self.load_error: str | None = None
         self._preload_task: asyncio.Task | None = None
+        self.limits = Limits.from_settings(settings)
+        self.detectors = DetectorPool(settings)
+        self.recent_images = RecentImages()  # pixels for text prompts that follow an embed by image_id
+        self.logits_cache = LogitsCache()  # low-res logits of earlier prompts (Roboflow's multi-step prompting)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -301,11 +269,62 @@ class Engine:
         predictor = await self.pool.get(embedded.variant)
         return await self.decode_lane.run_in_thread(lambda: predictor.predict(embedded.embedding, **arrays))
 
+    # ---- boxes from text, and masks from boxes ------------------------------------------------------
+    async def ground(self, image: DecodedImage, text: str | Sequence[str], *, detector: str | None = None,
+                     box_threshold: float | None = None, text_threshold: float | None = None) -> Detections:
+        """Labelled boxes (pixels of `image`, best first) for the phrases of `text`, from the detector
+        `detector` (None: `settings.text_model`): class_name is the phrase, class_id its index, confidence
+        the detector score; thresholds default to the detector family's."""
+        from segany.predict.text.segment import ground_boxes  # transformers (segany[text]) loads on first use
+
+        def work() -> Detections:
+            grounder = self.detectors.get(detector)
+            found = ground_boxes(grounder, image.rgb, text, box_threshold=box_threshold, text_threshold=text_threshold)
+            return found.to_detections()
+
+        return await asyncio.to_thread(work)
+
+    async def segment_boxes(self, embedded: EmbedResult, detections: Detections) -> Detections:
+        """`detections` with one mask per box (box prompts, single-mask output); no boxes -> no decode."""
+        if len(detections) == 0:
+            height, width = embedded.embedding.orig_hw
+            return detections.with_masks(np.zeros((0, height, width), bool), np.zeros(0, np.float32))
+        prompts = [Prompt(box_xyxy=np.asarray(box, np.float64)) for box in detections.xyxy]
+        outputs = await self.predict(embedded, prompts, multimask=False)
+        return detections.with_masks(np.stack([out.masks[0] for out in outputs]),
+                                     np.asarray([out.scores[0] for out in outputs], np.float32))
+
+    async def segment_text(self, image: DecodedImage, text: str | Sequence[str], *, model: str | None = None,
+                           detector: str | None = None, box_threshold: float | None = None,
+                           text_threshold: float | None = None, max_boxes: int | None = None) -> Detections:
+        """Text -> detector boxes (at most `max_boxes`, best first) -> one mask each. No box: no embed, and
+        the result has no masks (`mask` None)."""
+        found = await self.ground(image, text, detector=detector, box_threshold=box_threshold,
+                                  text_threshold=text_threshold)
+        if max_boxes is not None and len(found) > max_boxes:
+            found = found.select(np.arange(max_boxes))
+        if len(found) == 0:
+            return found
+        return await self.segment_boxes(await self.embed(image, model), found)
+
     # ---- automatic mask generation -------------------------------------------------------------
+    def check_generate(self, params: Mapping[str, Any]) -> None:
+        """Refuse automatic mask generation the server does not run (InvalidInput, a 400 naming the field):
+        a grid side over `max_points_per_side`, or more than `max_auto_points` points over all crop layers.
+        Dialects call it before queuing work; `generate` checks again."""
+        defaults = MaskGeneratorParams()
+        grids = params.get("point_grids")
+        grid_points = max((len(grid) for grid in grids), default=0) if grids else None
+        side = params.get("points_per_side", defaults.points_per_side) if grid_points is None else None
+        self.limits.check_auto_grid(side, params.get("crop_n_layers", defaults.crop_n_layers),
+                                    params.get("crop_n_points_downscale_factor", defaults.crop_n_points_downscale_factor),
+                                    grid_points)
+
     async def generate(self, image: DecodedImage, model: str | None, params: dict[str, Any]) -> list[dict[str, Any]]:
         """`MaskGenerator(predictor, **params).generate(image)` records, run in the embed lane."""
         from segany.predict.amg.generator import MaskGenerator  # imported on first use, like segany.MaskGenerator
 
+        self.check_generate(params)
         variant = self.pool.resolve(model)
         predictor = await self.pool.get(variant)
         generator = MaskGenerator(CachingPredictor(predictor, self.cache, self._count_lookup), **params)

@@ -7,6 +7,7 @@ server). With no keys configured every request passes.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Mapping
@@ -80,3 +81,16 @@ def check_request(path: str, headers: Mapping[str, str], query_string: str, body
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
     if not is_valid_key(candidate, keys):
         raise Unauthorized("the API key is not valid")
+
+
+def key_id(key: str) -> str:
+    """The opaque id jobs, files and quotas are kept under for an API key (never the key itself)."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def api_key_id(api_keys: tuple[str, ...], headers: Mapping[str, str], query_string: str) -> str | None:
+    """`key_id` of the request's API key; None when auth is off (every caller then sees every job)."""
+    if not api_keys:
+        return None
+    key = key_from_headers(headers) or key_from_query(query_string)
+    return None if key is None else key_id(key)

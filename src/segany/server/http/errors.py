@@ -8,10 +8,14 @@ reveals no internals.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from typing import Any
 
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from segany.errors import (
     CheckpointError,
@@ -23,9 +27,7 @@ from segany.errors import (
     ModelNotFound,
     SeganyError,
 )
-from segany.server.jobs.store import JobConflict, JobNotFound
-from segany.server.jobs.quotas import QuotaExceeded
-from segany.server.jobs.storage import StoredFileNotFound
+from segany.server.jobs.errors import JobConflict, JobNotFound, QuotaExceeded, StoredFileNotFound
 
 log = logging.getLogger("segany.server")
 
@@ -77,6 +79,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (InvalidPrompt, 400, "invalid_prompt"),
     (InvalidInput, 400, "invalid_input"),
     (ValidationError, 422, "validation_error"),
+    (RequestValidationError, 422, "validation_error"),
     (ModelNotFound, 404, "model_not_found"),
     (QuotaExceeded, 406, "not_enough_credits"),  # Segmind's status for an exhausted key
     (JobNotFound, 404, "not_found"),
@@ -101,13 +104,13 @@ class ErrorInfo:
     headers: dict[str, str] = dataclass_field(default_factory=dict)
 
 
-def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    """First pydantic error as 'field: message' with the dotted field path."""
-    errors = exc.errors(include_url=False)
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """Pydantic's errors as one 'field: message' with the dotted field path (FastAPI's leading 'body'
+    dropped) and how many more errors there were; the one format every dialect shows."""
     if not errors:
         return "invalid request", None
     first = errors[0]
-    path = ".".join(str(part) for part in first.get("loc", ()))
+    path = ".".join(str(part) for i, part in enumerate(first.get("loc", ())) if not (i == 0 and part == "body"))
     message = f"{path}: {first.get('msg', 'invalid value')}" if path else str(first.get("msg", "invalid value"))
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more)"
@@ -116,6 +119,8 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
 
 def describe(exc: BaseException) -> ErrorInfo:
     """Map any exception to an `ErrorInfo` through `ERROR_TABLE`; unknown ones become a logged 500."""
+    if isinstance(exc, StarletteHTTPException):  # FastAPI's own: unknown route, wrong method
+        return ErrorInfo(exc.status_code, "http_error", str(exc.detail), None, dict(exc.headers or {}))
     for error_class, status, code in ERROR_TABLE:
         if isinstance(exc, error_class):
             break
@@ -124,7 +129,9 @@ def describe(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(500, "internal_error", "internal server error")
     headers: dict[str, str] = {}
     if isinstance(exc, ValidationError):
-        message, field_name = _validation_message(exc)
+        message, field_name = validation_message(exc.errors(include_url=False))
+    elif isinstance(exc, RequestValidationError):
+        message, field_name = validation_message(exc.errors())
     else:
         message, field_name = str(exc) or code.replace("_", " "), getattr(exc, "field", None)
     if isinstance(exc, Unauthorized):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from segany.errors import InvalidInput, SeganyError
-from segany.server.jobs.store import Database, returning_one
+from segany.errors import InvalidInput
+from segany.server.jobs.database import Database, returning_one
+from segany.server.jobs.errors import QuotaExceeded
 
 _QUOTA_MIGRATIONS: list[list[str]] = [
     [
@@ -20,14 +21,6 @@ _QUOTA_MIGRATIONS: list[list[str]] = [
         " updated_at REAL NOT NULL)",
     ],
 ]
-
-
-class QuotaExceeded(SeganyError):
-    """The API key has fewer credits left than the request costs (Segmind: 406 "Not enough credits")."""
-
-    def __init__(self, message: str = "Not enough credits", remaining: int = 0) -> None:
-        super().__init__(message)
-        self.remaining = remaining
 
 
 def _check_count(value: int, name: str, minimum: int) -> int:

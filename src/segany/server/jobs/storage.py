@@ -21,17 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from segany.errors import InvalidInput, SeganyError
+from segany.errors import InvalidInput
 from segany.io.files import write_bytes_atomic
+from segany.server.jobs.errors import StoredFileNotFound
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}(\.[a-z0-9]{1,10})?$")
 _SUFFIX_RE = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 _TOKEN_BYTES = 24  # 32 URL-safe characters
 _STALE_TEMP_S = 3600.0
-
-
-class StoredFileNotFound(SeganyError, LookupError):
-    """No stored file under that key (also raised for keys that cannot be valid, such as '../x')."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from segany.errors import InvalidInput, SeganyError
 from segany.server.jobs.database import Database, returning_one
+from segany.server.jobs.errors import JobConflict, JobNotFound
 
 __all__ = [
     "Database", "Job", "JobCanceled", "JobConflict", "JobNotFound", "JobStatus", "JobStore", "RecoveryPolicy",
@@ -44,14 +45,6 @@ RecoveryPolicy = Literal["retry", "fail"]
 # Client-chosen ids (Cog's PUT /predictions/{id}) travel in URLs and logs: keep them to a safe alphabet.
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _LOGS_MAX_CHARS = 1_000_000  # keep the tail: a chatty handler must not grow a row without bound
-
-
-class JobNotFound(SeganyError, LookupError):
-    """No job with that id (or not visible to the calling API key)."""
-
-
-class JobConflict(SeganyError):
-    """An idempotent create reused an id or idempotency key for a different request."""
 
 
 class JobCanceled(SeganyError):
@@ -419,13 +412,3 @@ class JobStore:
             rows = conn.execute("DELETE FROM jobs WHERE status IN " + _FINISHED_SQL + " AND completed_at < ?"
                                 " RETURNING file_keys_json", (cutoff,)).fetchall()
         return [key for row in rows for key in json.loads(row["file_keys_json"])]
-
-
-def __getattr__(name: str) -> Any:
-    """`JobRunner`, `JobContext`, `Handler` and `purge_expired` moved to `segany.server.jobs.workers`; old imports
-    keep working (lazily: the runner module imports this one)."""
-    if name in ("JobRunner", "JobContext", "Handler", "PayloadBuilder", "purge_expired"):
-        from segany.server.jobs import workers as runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
