@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "ImageEmbedding", "InvalidImage", "InvalidInput", "InvalidPrompt", "MaskGenerator",
     "ModelNotFound", "Prediction", "Predictor", "SAM2ImageModel", "SeganyError", "TextGrounder", "list_variants",
-    "load_model", "segment_detections",
+    "load_model", "segment_detections", "VideoPredictor", "load_video_model", "SAM2VideoModel", "FrameResult",
 ]
 
 # Everything that needs torch imports on first use, so `import segany` (and `segany --help`) stays fast.
@@ -29,6 +29,10 @@ _LAZY = {
     "MaskGenerator": ("segany.predict.amg.generator", "MaskGenerator"),
     "TextGrounder": ("segany.predict.text.grounding", "TextGrounder"),
     "segment_detections": ("segany.predict.detections", "segment_detections"),
+    "VideoPredictor": ("segany.predict.video", "VideoPredictor"),
+    "FrameResult": ("segany.predict.video", "FrameResult"),
+    "load_video_model": ("segany.model", "load_video_model"),
+    "SAM2VideoModel": ("segany.model", "SAM2VideoModel"),
 }
 
 

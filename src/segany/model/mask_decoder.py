@@ -15,6 +15,7 @@ class DecoderOutput:
     low_res_logits: torch.Tensor  # (B, C, 256, 256)
     iou: torch.Tensor  # (B, C), in [0, 1] (sigmoid head)
     object_score_logits: torch.Tensor  # (B, 1); > 0 means "an object is present"
+    mask_tokens: torch.Tensor | None = None  # (B, 4, C) mask-token outputs; the video path's object pointers
 
 
 def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ class MaskDecoder(nn.Module):
             masks, iou = self._select_stable_single_mask(masks, iou)
         else:
             masks, iou = masks[:, :1], iou[:, :1]
-        return DecoderOutput(masks, iou, object_score)
+        return DecoderOutput(masks, iou, object_score, mask_tokens_out)
 
     def _stability(self, logits: torch.Tensor) -> torch.Tensor:
         flat = logits.flatten(-2)

@@ -67,11 +67,15 @@ class SAM2ImageModel(nn.Module):
         `image_embed` already has `no_mem_embed` added (what the official image predictor does), and the
         decoder's high-resolution projections are applied here once per image.
         """
+        top, feat_s0, feat_s1 = self.encode_levels(images)
+        return top + self.no_mem_embed.view(1, -1, 1, 1), feat_s0, feat_s1
+
+    def encode_levels(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`encode_image` without `no_mem_embed`: the raw 64x64 neck level, which the video path fuses with memories."""
         stages = self.trunk(images.to(self.dtype))
         levels = self.neck(stages, scalp=1)  # 256^2, 128^2, 64^2
-        image_embed = levels[-1] + self.no_mem_embed.view(1, -1, 1, 1)
         feat_s0, feat_s1 = self.mask_decoder.project_high_res(levels[0], levels[1])
-        return image_embed, feat_s0, feat_s1
+        return levels[-1], feat_s0, feat_s1
 
     def decode(
         self,

@@ -9,10 +9,11 @@ from typing import Mapping
 
 import torch
 
-from segany.errors import CheckpointError, ModelNotFound
-from segany.runtime import tune_cpu_allocator
-from segany.model.sam2 import SAM2ImageModel
-from segany.model.variants import VariantSpec, get_variant, list_variants, variant_for_trunk
+from ..errors import CheckpointError, ModelNotFound
+from ..runtime import tune_cpu_allocator
+from .sam2 import SAM2ImageModel
+from .video import SAM2VideoModel
+from .variants import VariantSpec, get_variant, list_variants, variant_for_trunk
 
 # Checkpoint entries of the video model that the image path never uses. Listed once, explicitly:
 # anything else that fails to map is reported as an unexpected key.
@@ -91,24 +92,42 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> VariantSpec | None:
     return variant_for_trunk(proj.shape[0], len(blocks), is_2_1)
 
 
-def load_state_dict_strict(model: SAM2ImageModel, official: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load an official state dict, failing with a message that names missing, unexpected or mis-shaped keys."""
-    mapped, _ = map_official_keys(official)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in mapped]
-    unexpected = [k for k in mapped if k not in expected]
+def _key_problems(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of `given` against `expected`, as message parts (empty: it fits)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
     wrong_shape = [
-        f"{k} {tuple(mapped[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-        if k in mapped and mapped[k].shape != v.shape
+        f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
     ]
     problems = []
     for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong_shape)):
         if keys:
             shown = ", ".join(keys[:5]) + (f" (and {len(keys) - 5} more)" if len(keys) > 5 else "")
             problems.append(f"{len(keys)} {title}: {shown}")
+    return problems
+
+
+def load_state_dict_strict(model: SAM2ImageModel, official: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load an official state dict, failing with a message that names missing, unexpected or mis-shaped keys."""
+    mapped, _ = map_official_keys(official)
+    problems = _key_problems(model.state_dict(), mapped)
     if problems:
         raise CheckpointError(f"{source} does not fit {model.variant}: " + "; ".join(problems))
     model.load_state_dict(mapped, strict=True)
+
+
+def load_video_state_dict_strict(model: SAM2VideoModel, official: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load every key of an official checkpoint into the video model: the image keys through the same remap as
+    the image path, the video-only keys (`VIDEO_ONLY_PREFIXES`) under their own names. Names any key that
+    is missing, unexpected or mis-shaped in either part."""
+    mapped, video_keys = map_official_keys(official)
+    video = {k: official[k] for k in video_keys}
+    expected_video = {k: v for k, v in model.state_dict().items() if not k.startswith("image.")}
+    problems = _key_problems(model.image.state_dict(), mapped) + _key_problems(expected_video, video)
+    if problems:
+        raise CheckpointError(f"{source} does not fit the {model.variant} video model: " + "; ".join(problems))
+    model.load_state_dict({**{f"image.{k}": v for k, v in mapped.items()}, **video}, strict=True)
 
 
 def resolve_checkpoint(spec: VariantSpec) -> Path:
@@ -157,19 +176,10 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(
-    name_or_path: str | os.PathLike,
-    checkpoint: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-) -> SAM2ImageModel:
-    """Build a SAM 2 image model and load official weights.
-
-    `name_or_path` is a variant name (`sam2.1_hiera_tiny`, see `list_variants()`), a Hugging Face id
-    (`facebook/sam2.1-hiera-tiny`), or a local checkpoint file whose variant is inferred from its
-    shapes. `checkpoint` overrides where the weights come from. `dtype` None picks bfloat16 where the
-    hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs) and float32 otherwise.
-    """
+def _read_official(
+    name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | None
+) -> tuple[VariantSpec, dict[str, torch.Tensor], str]:
+    """(variant, official state dict, where it came from) for a variant name, hub id or checkpoint file."""
     spec = get_variant(str(name_or_path))
     official: dict[str, torch.Tensor] | None = None
     if spec is None:
@@ -191,7 +201,10 @@ def load_model(
         found = infer_variant(official)
         if found is not None and found.hiera != spec.hiera:
             raise CheckpointError(f"{checkpoint} holds a {found.name} checkpoint, not {spec.name}")
+    return spec, official, str(checkpoint)
 
+
+def _device_and_dtype(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:
     dev = torch.device(device) if device is not None else default_device()
     if dev.type == "cpu":
         tune_cpu_allocator()
@@ -200,18 +213,59 @@ def load_model(
                  "float16": torch.float16, "fp16": torch.float16}.get(dtype.lower())
         if dtype is None:
             raise ValueError("dtype must be one of float32, bfloat16, float16")
-    dtype = dtype or default_dtype(dev)
+    return dev, dtype or default_dtype(dev)
 
-    with torch.device("meta"):
-        model = SAM2ImageModel(spec)
-    model = model.to_empty(device="cpu")
-    load_state_dict_strict(model, official, str(checkpoint))
-    del official
-    model = model.to(dev).eval().requires_grad_(False)
+
+def _cast_image_model(model: SAM2ImageModel, dtype: torch.dtype) -> None:
     if dtype != torch.float32:
         model.trunk.to(dtype)
         model.neck.to(dtype)
         model.mask_decoder.to(dtype)
         model.no_mem_embed.data = model.no_mem_embed.data.to(dtype)
         # The prompt encoder stays float32: its Fourier features take sin/cos of large arguments.
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> SAM2ImageModel:
+    """Build a SAM 2 image model and load official weights.
+
+    `name_or_path` is a variant name (`sam2.1_hiera_tiny`, see `list_variants()`), a Hugging Face id
+    (`facebook/sam2.1-hiera-tiny`), or a local checkpoint file whose variant is inferred from its
+    shapes. `checkpoint` overrides where the weights come from. `dtype` None picks bfloat16 where the
+    hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs) and float32 otherwise.
+    """
+    spec, official, source = _read_official(name_or_path, checkpoint)
+    dev, dtype = _device_and_dtype(device, dtype)
+    with torch.device("meta"):
+        model = SAM2ImageModel(spec)
+    model = model.to_empty(device="cpu")
+    load_state_dict_strict(model, official, source)
+    del official
+    model = model.to(dev).eval().requires_grad_(False)
+    _cast_image_model(model, dtype)
+    return model
+
+
+def load_video_model(
+    name_or_path: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> SAM2VideoModel:
+    """Build the SAM 2 video model (the image model plus memory modules) and load every key of the official
+    checkpoint; arguments as `load_model`. `dtype` applies to the image encoder and mask decoder; the
+    memory modules stay float32 (memories are stored in bfloat16 either way, as the official does)."""
+    spec, official, source = _read_official(name_or_path, checkpoint)
+    dev, dtype = _device_and_dtype(device, dtype)
+    with torch.device("meta"):
+        model = SAM2VideoModel(spec)
+    model = model.to_empty(device="cpu")
+    load_video_state_dict_strict(model, official, source)
+    del official
+    model = model.to(dev).eval().requires_grad_(False)
+    _cast_image_model(model.image, dtype)
     return model
