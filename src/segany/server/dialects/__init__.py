@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 
-from segany.server.dialects import cog, huggingface, livepeer, native, replicate, roboflow, segmind
+from segany.server.dialects import cog, huggingface, livepeer, native, native_video, replicate, roboflow, segmind
 from segany.server.dialects.dialect import Dialect
 from segany.server.http.errors import ErrorInfo
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 DIALECTS: tuple[Dialect, ...] = (
     native.DIALECT,
+    native_video.DIALECT,
     livepeer.DIALECT,
     huggingface.DIALECT,
     roboflow.DIALECT,
