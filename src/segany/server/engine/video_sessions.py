@@ -32,6 +32,7 @@ import numpy as np
 
 from segany.errors import InvalidInput
 from segany.io.rle import CocoRle, coco_encode
+from segany.io.video import open_video
 from segany.predict.video import FrameResult, Session, VideoPredictor
 from segany.server.engine.model_pool import ModelPool
 from segany.server.http.errors import PayloadTooLarge, ServerBusy, VideoSessionBusy, VideoSessionNotFound
@@ -96,6 +97,14 @@ async def _in_thread(fn: Callable[[], T]) -> T:
         except BaseException:  # noqa: BLE001 - the caller is going away; its error is moot
             pass
         raise
+
+
+def _renamed(error: InvalidInput, path: Path, field: str | None = None) -> InvalidInput:
+    """The error without the server's temporary path; with `field`, naming the request's field."""
+    message = str(error).replace(str(path), "the video")
+    if field is None:
+        return type(error)(message, error.field)
+    return InvalidInput(message if message.startswith(field) else f"{field}: {message}", field)
 
 
 class VideoSessions:
@@ -180,9 +189,31 @@ class VideoSessions:
         try:
             return VideoPredictor(video_model).start(path, max_frames=self.settings.max_video_frames,
                                                      max_pixels=self.settings.max_video_pixels)
-        except InvalidInput as error:  # name the request field, and never show the server's temporary path
-            message = str(error).replace(str(path), "the video")
-            raise InvalidInput(message if message.startswith(field) else f"{field}: {message}", field) from None
+        except InvalidInput as error:
+            raise _renamed(error, path, field) from None
+
+    async def probe(self, data: bytes, field: str = "video") -> tuple[int, tuple[int, int]]:
+        """(frame count, (height, width)) of an encoded video under the same limits as `create`, without
+        opening a session (a job checks its input video when submitted)."""
+        if len(data) > self.settings.max_video_bytes:
+            raise PayloadTooLarge(f"{field}: {len(data)} bytes, more than the limit of "
+                                  f"{self.settings.max_video_bytes} bytes (max_video_mb)", field)
+
+        def work() -> tuple[int, tuple[int, int]]:
+            folder = Path(tempfile.mkdtemp(prefix="segany-video-"))
+            path = folder / VIDEO_FILE
+            try:
+                path.write_bytes(data)
+                try:
+                    with open_video(path, max_frames=self.settings.max_video_frames,
+                                    max_pixels=self.settings.max_video_pixels) as frames:
+                        return len(frames), tuple(frames.size_hw)  # type: ignore[return-value]
+                except InvalidInput as error:
+                    raise _renamed(error, path, field) from None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        return await asyncio.to_thread(work)
 
     def _retry_after(self) -> int:
         if not self._sessions:
@@ -217,7 +248,10 @@ class VideoSessions:
         async with session.lock:
             if session.id not in self._sessions:  # deleted while this step waited
                 raise VideoSessionNotFound(f"the video session {session_id[:64]!r} was deleted")
-            result = await _in_thread(lambda: work(session.session))
+            try:
+                result = await _in_thread(lambda: work(session.session))
+            except InvalidInput as error:
+                raise _renamed(error, session.folder / VIDEO_FILE) from None
             session.last_used = time.monotonic()
             return session, result
 
@@ -272,9 +306,16 @@ class VideoSessions:
                     break
                 session.last_used = time.monotonic()
                 yield self._keep(session, result)
+        except InvalidInput as error:  # e.g. a corrupt frame: named without the server's temporary path
+            raise _renamed(error, session.folder / VIDEO_FILE) from None
         finally:
             session.busy = False
             session.last_used = time.monotonic()
+
+    async def frame(self, session_id: str, index: int, *, owner: str | None = None) -> np.ndarray:
+        """Frame `index` of the session's video as (H, W, 3) uint8 RGB."""
+        _, rgb = await self._step(session_id, owner, lambda s: s.frames[index])
+        return rgb
 
     def results(self, session_id: str, start: int = 0, stop: int | None = None, *,
                 owner: str | None = None) -> list[FrameMasks]:
