@@ -47,8 +47,8 @@ def _error(response, status: int, field: str | None) -> dict:
     return error
 
 
-def _stream(client, session_id: str, **body) -> list[tuple[float, dict]]:
-    """Lines of a propagation with the time each arrived."""
+def _stream(client, session_id: str, on_first=None, **body) -> list[tuple[float, dict]]:
+    """Lines of a propagation with the time each arrived; `on_first()` runs once the first line is in."""
     lines = []
     with client.stream("POST", f"{SESSIONS}/{session_id}/propagate", json=body) as response:
         assert response.status_code == 200
@@ -56,6 +56,8 @@ def _stream(client, session_id: str, **body) -> list[tuple[float, dict]]:
         for line in response.iter_lines():
             if line:
                 lines.append((time.monotonic(), json.loads(line)))
+                if len(lines) == 1 and on_first is not None:
+                    on_first()
     return lines
 
 
@@ -76,7 +78,15 @@ def test_create_prompt_stream_results_remove_delete(live, clips):
             assert boxed.json()["obj_ids"] == [1, 2]
             assert coco_decode(boxed.json()["masks"][1]).shape == (120, 160)
 
-            lines = _stream(client, sid, max_frames=2)
+            def while_propagating() -> None:  # the next frame is being tracked now
+                with live.client() as other:
+                    for response in (other.post(f"{SESSIONS}/{sid}/prompts", json={"frame": 3, "obj_id": 1,
+                                                                                  "points": [[5, 5]], "labels": [1]}),
+                                     other.post(f"{SESSIONS}/{sid}/propagate", json={}),
+                                     other.delete(f"{SESSIONS}/{sid}")):
+                        assert response.status_code == 409 and response.json()["error"]["code"] == "session_busy"
+
+            lines = _stream(client, sid, on_first=while_propagating, max_frames=2)
             frames = [body for _, body in lines if "frame" in body]
             assert [f["frame"] for f in frames] == [0, 1]
             assert lines[-1][1] == {"done": True, "frames": 2}
@@ -227,3 +237,12 @@ def test_prompt_mask_as_base64_png(live, clips):
             assert (coco_decode(added.json()["masks"][0]) == mask).mean() > 0.98
         finally:
             client.delete(f"{SESSIONS}/{sid}")
+
+
+def test_video_urls_go_through_the_fetch_rules(start_server):
+    with start_server(allow_url_fetch=True, preload=False) as live, live.client() as client:
+        for response in (client.post(SESSIONS, json={"url": "http://127.0.0.1:9/clip.mp4"}),
+                         client.post(SESSIONS, files={"url": (None, "http://10.0.0.1/clip.mp4")})):
+            assert "non-public" in _error(response, 403, "url")["message"]
+        _error(client.post(SESSIONS, json={"url": "file:///etc/passwd"}), 400, "url")
+        assert live.engine.video.count == 0

@@ -23,7 +23,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,6 +97,11 @@ async def _in_thread(fn: Callable[[], T]) -> T:
         except BaseException:  # noqa: BLE001 - the caller is going away; its error is moot
             pass
         raise
+
+
+def _next_masks(frames: Iterator[FrameResult]) -> FrameMasks | None:
+    result = next(frames, None)
+    return None if result is None else FrameMasks.from_result(result)
 
 
 def _renamed(error: InvalidInput, path: Path, field: str | None = None) -> InvalidInput:
@@ -255,11 +260,6 @@ class VideoSessions:
             session.last_used = time.monotonic()
             return session, result
 
-    def _keep(self, session: VideoSession, result: FrameResult) -> FrameMasks:
-        masks = FrameMasks.from_result(result)
-        session.results[masks.index] = masks
-        return masks
-
     async def add_points(self, session_id: str, frame: int, obj_id: int, points: Any = None, labels: Any = None, *,
                          box: Any = None, clear: bool = True, owner: str | None = None) -> FrameMasks:
         """Clicks (N, 2) xy pixels with labels (N,) and/or a box (4,) xyxy for one object on one frame ->
@@ -279,10 +279,10 @@ class VideoSessions:
 
     async def remove_object(self, session_id: str, obj_id: int, *, owner: str | None = None) -> tuple[int, ...]:
         """Forget one object (`InvalidPrompt` naming obj_id when unknown); the object ids left."""
-        session, results = await self._step(session_id, owner, lambda s: s.remove_object(obj_id))
+        session, results = await self._step(
+            session_id, owner, lambda s: [FrameMasks.from_result(r) for r in s.remove_object(obj_id)])
         session.results = {i: masks.without(obj_id) for i, masks in session.results.items()}
-        for result in results:
-            self._keep(session, result)
+        session.results.update((masks.index, masks) for masks in results)
         return session.obj_ids
 
     async def reset(self, session_id: str, *, owner: str | None = None) -> None:
@@ -295,17 +295,20 @@ class VideoSessions:
         """Track every object frame by frame, yielding each frame as soon as it is computed. Errors in the
         arguments (or a session without prompts) raise on the first `__anext__`, before any frame."""
         session = self.get(session_id, owner)
-        if session.busy or session.lock.locked():
+        if session.busy:
             raise VideoSessionBusy("the session is busy (a propagation is running); one runs at a time")
         session.busy = True
         try:
-            frames = await _in_thread(lambda: session.session.propagate(start, reverse, max_frames))
-            while session.id in self._sessions:
-                result = await _in_thread(lambda: next(frames, None))
-                if result is None:
-                    break
-                session.last_used = time.monotonic()
-                yield self._keep(session, result)
+            async with session.lock:  # waits for a prompt step in progress, if any
+                frames = await _in_thread(lambda: session.session.propagate(start, reverse, max_frames))
+                while session.id in self._sessions:
+                    # The frame and its RLE encoding both off the loop.
+                    masks = await _in_thread(lambda: _next_masks(frames))
+                    if masks is None:
+                        break
+                    session.results[masks.index] = masks
+                    session.last_used = time.monotonic()
+                    yield masks
         except InvalidInput as error:  # e.g. a corrupt frame: named without the server's temporary path
             raise _renamed(error, session.folder / VIDEO_FILE) from None
         finally:
