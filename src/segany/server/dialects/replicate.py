@@ -37,7 +37,6 @@ from segany.server.http.openapi import body_schema
 from segany.server.jobs.storage import StoredFile, StoredFileNotFound
 
 PATH_PREFIXES = ("/v1/predictions", "/v1/models", "/v1/files", "/v1/webhooks")
-KIND = "replicate"  # the seed model's job kind
 MODELS: tuple[ReplicateModel, ...] = (replicate_seed.MODEL, replicate_video.MODEL)
 KINDS = tuple(model.kind for model in MODELS)
 MAX_WAIT_S = 60
