@@ -142,7 +142,15 @@ async def _video_bytes(request: Request, context: ServerContext) -> tuple[bytes,
     return await request.body(), request.query_params.get("model")
 
 
-@router.post(BASE, status_code=201, responses={201: {"model": SessionOut}, **_ERRORS})
+_CREATE_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "video": {"type": "string", "format": "binary"}, "url": {"type": "string"}, "model": {"type": "string"}}}},
+    "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "application/json": {"schema": UrlIn.model_json_schema()}}}}
+
+
+@router.post(BASE, status_code=201, openapi_extra=_CREATE_BODY, responses={201: {"model": SessionOut}, **_ERRORS})
 async def create_session(request: Request) -> JSONResponse:
     """Open a tracking session on a video (see the module doc for the three ways to send it)."""
     context = server_context(request)
