@@ -246,3 +246,16 @@ def test_video_urls_go_through_the_fetch_rules(start_server):
             assert "non-public" in _error(response, 403, "url")["message"]
         _error(client.post(SESSIONS, json={"url": "file:///etc/passwd"}), 400, "url")
         assert live.engine.video.count == 0
+
+
+def test_a_session_is_visible_only_to_the_key_that_made_it(start_server, clips):
+    with start_server(api_keys=("key-a", "key-b")) as live:
+        with live.client(headers={"Authorization": "Bearer key-a"}) as alice, \
+                live.client(headers={"Authorization": "Bearer key-b"}) as bob:
+            sid = _create(alice, clips["ok"]).json()["session_id"]
+            _error(bob.get(f"{SESSIONS}/{sid}"), 404, "session_id")
+            _error(bob.delete(f"{SESSIONS}/{sid}"), 404, "session_id")
+            assert alice.get(f"{SESSIONS}/{sid}").status_code == 200
+            assert alice.delete(f"{SESSIONS}/{sid}").status_code == 204
+        with live.client() as anonymous:
+            assert anonymous.post(SESSIONS, content=b"x").status_code == 401
