@@ -95,12 +95,18 @@ class ServerSettings:
                                         "path (/data/upload/...); default: the hostname Label Studio sends to /setup")
     label_studio_api_key: str | None = _opt(None, "Label Studio access token (personal or legacy) used to fetch those "
                                             "images; default: the token Label Studio sends to /setup")
+    max_video_sessions: int = _opt(4, "video tracking sessions open at once; another gets 503 with Retry-After")
+    video_session_idle_s: float = _opt(600.0, "a video session unused this long is closed and its memory freed")
+    max_video_frames: int = _opt(2000, "most frames of a video a session or a job may track")
+    max_video_pixels: int = _opt(1920 * 1080, "largest video frame (width x height)")
+    max_video_mb: float = _opt(200.0, "largest video file (uploads are also bounded by max_body_mb)")
     log_level: str = _opt("info", "log level")
 
     def __post_init__(self) -> None:
         positive = ("port", "max_models", "embed_batch_size", "decode_batch_size", "max_queue", "max_prompts",
                     "max_points_per_prompt", "max_points_per_side", "max_image_pixels", "max_auto_points",
-                    "job_max_attempts", "job_workers", "webhook_attempts")
+                    "job_max_attempts", "job_workers", "webhook_attempts", "max_video_sessions", "max_video_frames",
+                    "max_video_pixels")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}", name)
@@ -112,7 +118,7 @@ class ServerSettings:
         if self.job_recovery not in ("retry", "fail"):
             raise InvalidInput(f"job_recovery must be 'retry' or 'fail', got {self.job_recovery!r}", "job_recovery")
         for name in ("request_timeout_s", "max_body_mb", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
-                     "job_timeout_s", "expire_every_s", "webhook_timeout_s"):
+                     "job_timeout_s", "expire_every_s", "webhook_timeout_s", "video_session_idle_s", "max_video_mb"):
             if float(getattr(self, name)) <= 0:
                 raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}", name)
 
@@ -123,6 +129,10 @@ class ServerSettings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)
+
+    @property
+    def max_video_bytes(self) -> int:
+        return int(self.max_video_mb * 2**20)
 
     @property
     def fetch_max_bytes(self) -> int:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 
 from segany.server.dialects import (
-    cog, cvat, huggingface, label_studio, livepeer, native, replicate, roboflow, segmind, xanylabeling,
+    cog, cvat, huggingface, label_studio, livepeer, native, native_video, replicate, roboflow, segmind, xanylabeling,
 )
 from segany.server.dialects.dialect import Dialect
 from segany.server.http.errors import ErrorInfo
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 DIALECTS: tuple[Dialect, ...] = (
     native.DIALECT,
+    native_video.DIALECT,
     livepeer.DIALECT,
     huggingface.DIALECT,
     roboflow.DIALECT,

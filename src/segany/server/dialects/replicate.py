@@ -1,11 +1,12 @@
-"""Replicate's HTTP API for the seed model, as the official `replicate` client calls it.
+"""Replicate's HTTP API for the models of `MODELS` (the seed `lucataco/segment-anything-2` and
+`meta/sam-2-video`), as the official `replicate` client calls it.
 
 - `POST /v1/predictions` (`version`, `input`, `webhook`, `webhook_events_filter`) and
   `POST /v1/models/{owner}/{name}/predictions` -> 201 with a prediction. `Prefer: wait` (60 s) or
   `Prefer: wait=N` (1-60) holds the response until the prediction finishes; one still running then reads
   `starting`, which is what the client takes as "poll on".
 - `GET /v1/predictions` (newest first, `cursor`), `GET /v1/predictions/{id}`, `POST .../{id}/cancel`.
-- `GET /v1/models/{owner}/{name}`, `.../versions`, `.../versions/{id}`: the seed model, with its Cog schema.
+- `GET /v1/models/{owner}/{name}`, `.../versions`, `.../versions/{id}`: a served model, with its Cog schema.
 - Files (what the client uploads local files through): `POST /v1/files` (multipart `content`),
   `GET` and `DELETE /v1/files/{id}`; a file's `urls.get` is accepted as an input image. Listing is not offered.
 - `GET /v1/webhooks/default/secret`: the key webhooks are signed with (`replicate.webhooks.validate`).
@@ -26,8 +27,9 @@ from starlette.datastructures import UploadFile
 
 from segany.errors import InvalidInput, ModelNotFound
 from segany.server.context import server_context
-from segany.server.dialects import replicate_seed
+from segany.server.dialects import replicate_seed, replicate_video
 from segany.server.dialects.dialect import Dialect
+from segany.server.dialects.replicate_model import ReplicateModel
 from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobNotFound, iso8601
 from segany.server.jobs.service import JobKind, JobService
@@ -35,7 +37,8 @@ from segany.server.http.openapi import body_schema
 from segany.server.jobs.storage import StoredFile, StoredFileNotFound
 
 PATH_PREFIXES = ("/v1/predictions", "/v1/models", "/v1/files", "/v1/webhooks")
-KIND = "replicate"
+MODELS: tuple[ReplicateModel, ...] = (replicate_seed.MODEL, replicate_video.MODEL)
+KINDS = tuple(model.kind for model in MODELS)
 MAX_WAIT_S = 60
 router = APIRouter(tags=["replicate"])
 
@@ -62,7 +65,8 @@ class ModelPredictionIn(BaseModel):
 
 
 class ReplicatePredictionIn(ModelPredictionIn):
-    version: str = Field(description=f"model version id ({replicate_seed.MODEL_VERSION[:12]}...), or owner/name[:version]")
+    version: str = Field(description="model version id (e.g. " + ", ".join(f"{m.version[:12]}..." for m in MODELS)
+                         + "), or owner/name[:version]")
 
 
 class ReplicatePrediction(BaseModel):
@@ -92,13 +96,18 @@ def error_response(info: ErrorInfo) -> JSONResponse:
     return JSONResponse(body, status_code=info.status, headers=info.headers, media_type="application/problem+json")
 
 
+def _model_of(job: Job) -> ReplicateModel:
+    return next((model for model in MODELS if model.kind == job.kind), replicate_seed.MODEL)
+
+
 def prediction_json(job: Job, *, waited: bool = False) -> dict[str, Any]:
     """A Replicate prediction object; with `waited`, an unfinished one reads `starting` (see the module doc)."""
     base = job.meta.get("base_url", "")
     metrics = {"predict_time": job.predict_time} if job.predict_time is not None else {}
     status = "starting" if waited and not job.finished else job.status.value
+    model = _model_of(job)
     return {
-        "id": job.id, "model": replicate_seed.MODEL_ID, "version": job.meta.get("version", replicate_seed.MODEL_VERSION),
+        "id": job.id, "model": model.id, "version": job.meta.get("version", model.version),
         "input": dict(job.input), "logs": job.logs, "output": job.output, "data_removed": False,
         "error": job.error, "status": status, "source": "api", "metrics": metrics,
         "created_at": iso8601(job.created_at), "started_at": iso8601(job.started_at),
@@ -107,21 +116,28 @@ def prediction_json(job: Job, *, waited: bool = False) -> dict[str, Any]:
     }
 
 
-def version_json() -> dict[str, Any]:
-    return {"id": replicate_seed.MODEL_VERSION, "created_at": replicate_seed.VERSION_CREATED_AT, "cog_version": replicate_seed.COG_VERSION,
-            "openapi_schema": replicate_seed.openapi_schema()}
+def version_json(model: ReplicateModel) -> dict[str, Any]:
+    return {"id": model.version, "created_at": model.created_at, "cog_version": replicate_seed.COG_VERSION,
+            "openapi_schema": model.openapi_schema()}
 
 
-def _check_model(owner: str, name: str) -> None:
-    if (owner, name) != (replicate_seed.MODEL_OWNER, replicate_seed.MODEL_NAME):
-        raise ModelNotFound(f"model {owner}/{name} does not exist here; this server runs {replicate_seed.MODEL_ID}")
+def _served() -> str:
+    return ", ".join(f"{model.id}:{model.version}" for model in MODELS)
 
 
-def _check_version(version: str) -> None:
-    known = {replicate_seed.MODEL_VERSION, replicate_seed.MODEL_ID, f"{replicate_seed.MODEL_ID}:{replicate_seed.MODEL_VERSION}"}
-    if version not in known:
-        raise ModelNotFound(f"version: {version[:80]!r} does not exist (or you may not use it); "
-                            f"this server runs {replicate_seed.MODEL_ID}:{replicate_seed.MODEL_VERSION}")
+def _check_model(owner: str, name: str) -> ReplicateModel:
+    for model in MODELS:
+        if (owner, name) == (model.owner, model.name):
+            return model
+    raise ModelNotFound(f"model {owner}/{name} does not exist here; this server runs {_served()}")
+
+
+def _check_version(version: str) -> ReplicateModel:
+    for model in MODELS:
+        if model.knows_version(version):
+            return model
+    raise ModelNotFound(f"version: {version[:80]!r} does not exist (or you may not use it); "
+                        f"this server runs {_served()}")
 
 
 def _prefer_wait(prefer: str | None) -> float | None:
@@ -150,7 +166,7 @@ async def json_object_body(request: Request) -> dict[str, Any]:
     return document
 
 
-async def _create(request: Request, body: ModelPredictionIn, version: str) -> JSONResponse:
+async def _create(request: Request, body: ModelPredictionIn, model: ReplicateModel) -> JSONResponse:
     context = server_context(request)
     jobs = context.jobs
     wait_s = _prefer_wait(request.headers.get("prefer"))
@@ -160,9 +176,9 @@ async def _create(request: Request, body: ModelPredictionIn, version: str) -> JS
         events = ["completed"]
     key_id = context.api_key_id(request)
     base = jobs.base_url(request)
-    stored_input, keys = await replicate_seed.accept_input(jobs, body.input, api_key_id=key_id, base_url=base)
-    job, headers = jobs.submit(kind=KIND, model=replicate_seed.MODEL_ID, input=stored_input, api_key_id=key_id,
-                               base_url=base, webhook=webhook, webhook_events=events, meta={"version": version},
+    stored_input, keys = await model.accept_input(jobs, body.input, key_id, base)
+    job, headers = jobs.submit(kind=model.kind, model=model.id, input=stored_input, api_key_id=key_id,
+                               base_url=base, webhook=webhook, webhook_events=events, meta={"version": model.version},
                                file_keys=keys)
     if wait_s is not None:
         job = await jobs.runner.wait_async(job.id, wait_s, api_key_id=key_id)
@@ -172,10 +188,9 @@ async def _create(request: Request, body: ModelPredictionIn, version: str) -> JS
 @router.post("/v1/predictions", status_code=201, openapi_extra=body_schema(ReplicatePredictionIn, multipart=False),
              responses={201: {"model": ReplicatePrediction}, **_ERRORS})
 async def create_prediction(request: Request) -> JSONResponse:
-    """Create a prediction of the seed model by version id."""
+    """Create a prediction of a served model by version id."""
     body = ReplicatePredictionIn.model_validate(await json_object_body(request))
-    _check_version(body.version)
-    return await _create(request, body, replicate_seed.MODEL_VERSION)
+    return await _create(request, body, _check_version(body.version))
 
 
 @router.post("/v1/models/{owner}/{name}/predictions", status_code=201,
@@ -183,14 +198,14 @@ async def create_prediction(request: Request) -> JSONResponse:
              responses={201: {"model": ReplicatePrediction}, **_ERRORS})
 async def create_model_prediction(owner: str, name: str, request: Request) -> JSONResponse:
     """Create a prediction of the model's latest version."""
-    _check_model(owner, name)
+    model = _check_model(owner, name)
     body = ModelPredictionIn.model_validate(await json_object_body(request))
-    return await _create(request, body, replicate_seed.MODEL_VERSION)
+    return await _create(request, body, model)
 
 
 def _own_job(jobs: JobService, prediction_id: str, request: Request) -> Job:
     job = jobs.store.get(prediction_id, api_key_id=server_context(request).api_key_id(request))
-    if job.kind != KIND:
+    if job.kind not in KINDS:
         raise JobNotFound(f"no prediction with id {prediction_id!r}")
     return job
 
@@ -206,7 +221,9 @@ async def list_predictions(request: Request, cursor: str | None = None) -> JSONR
             before = float(cursor)
         except ValueError:
             raise InvalidInput(f"cursor: not a cursor from a previous page ({cursor[:40]!r})", "cursor") from None
-    found = jobs.store.list(api_key_id=context.api_key_id(request), kind=KIND, created_before=before, limit=100)
+    found = sorted((job for kind in KINDS for job in jobs.store.list(api_key_id=context.api_key_id(request), kind=kind,
+                                                                      created_before=before, limit=100)),
+                   key=lambda job: -job.created_at)[:100]
     base = jobs.base_url(request)
     following = f"{base}/v1/predictions?cursor={found[-1].created_at!r}" if len(found) == 100 else None
     return JSONResponse({"previous": None, "next": following, "results": [prediction_json(job) for job in found]})
@@ -228,29 +245,28 @@ async def cancel_prediction(prediction_id: str, request: Request) -> JSONRespons
 
 @router.get("/v1/models/{owner}/{name}", responses={200: {"model": dict[str, Any]}, **_ERRORS})
 async def get_model(owner: str, name: str) -> JSONResponse:
-    """The seed model and its latest version."""
-    _check_model(owner, name)
+    """The model and its latest version."""
+    model = _check_model(owner, name)
     return JSONResponse({
-        "url": f"https://replicate.com/{replicate_seed.MODEL_ID}", "owner": replicate_seed.MODEL_OWNER, "name": replicate_seed.MODEL_NAME,
-        "description": "Segment Anything 2 automatic mask generation, served by segany",
+        "url": f"https://replicate.com/{model.id}", "owner": model.owner, "name": model.name,
+        "description": model.description,
         "visibility": "public", "github_url": None, "paper_url": None, "license_url": None, "run_count": 0,
-        "cover_image_url": None, "default_example": None, "latest_version": version_json(),
+        "cover_image_url": None, "default_example": None, "latest_version": version_json(model),
     })
 
 
 @router.get("/v1/models/{owner}/{name}/versions", responses={200: {"model": dict[str, Any]}, **_ERRORS})
 async def list_versions(owner: str, name: str) -> JSONResponse:
-    _check_model(owner, name)
-    return JSONResponse({"previous": None, "next": None, "results": [version_json()]})
+    return JSONResponse({"previous": None, "next": None, "results": [version_json(_check_model(owner, name))]})
 
 
 @router.get("/v1/models/{owner}/{name}/versions/{version_id}", responses={200: {"model": dict[str, Any]}, **_ERRORS})
 async def get_version(owner: str, name: str, version_id: str) -> JSONResponse:
     """The version with its `openapi_schema` (Cog's `Input` and `Output`)."""
-    _check_model(owner, name)
-    if version_id != replicate_seed.MODEL_VERSION:
-        raise ModelNotFound(f"version {version_id[:80]!r} of {replicate_seed.MODEL_ID} does not exist")
-    return JSONResponse(version_json())
+    model = _check_model(owner, name)
+    if version_id != model.version:
+        raise ModelNotFound(f"version {version_id[:80]!r} of {model.id} does not exist")
+    return JSONResponse(version_json(model))
 
 
 # ---- files -----------------------------------------------------------------------------------------------
@@ -337,4 +353,4 @@ async def webhook_secret(request: Request) -> JSONResponse:
 
 
 DIALECT = Dialect("replicate", router, PATH_PREFIXES, error_response, renders_http_errors=True,
-                  job_kinds={KIND: JobKind(replicate_seed.run_prediction, prediction_json)})
+                  job_kinds={model.kind: JobKind(model.run, prediction_json) for model in MODELS})

@@ -9,7 +9,6 @@ The seed runs SAM 2.0 Large; segany runs the server's default model.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import json
 from typing import Annotated, Any
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 from segany.io.masks import mask_to_png
 from segany.predict.amg.params import validated_params
 from segany.server.dialects.auto_params import request_field
+from segany.server.dialects.replicate_model import ReplicateModel, cog_document
 from segany.server.engine.engine import Engine
 from segany.server.jobs.job_images import load_job_image, prepare_image
 from segany.server.jobs.service import JobService
@@ -130,19 +130,7 @@ def output_schema() -> dict[str, Any]:
 
 def openapi_schema() -> dict[str, Any]:
     """The version's `openapi_schema` (what `GET /v1/models/.../versions/{id}` returns): Cog's document shape."""
-    components = {"Input": input_schema(), "Output": output_schema()}
-    return copy.deepcopy({
-        "openapi": "3.0.2",
-        "info": {"title": "Cog", "version": "0.1.0"},
-        "paths": {"/predictions": {"post": {
-            "summary": "Predict",
-            "requestBody": {"content": {"application/json": {"schema": {
-                "type": "object", "properties": {"input": {"$ref": "#/components/schemas/Input"}}}}}},
-            "responses": {"200": {"description": "Successful Response", "content": {"application/json": {
-                "schema": {"type": "object", "properties": {"output": {"$ref": "#/components/schemas/Output"}}}}}}},
-        }}},
-        "components": {"schemas": components},
-    })
+    return cog_document(input_schema(), output_schema())
 
 
 def select_masks(records: list[dict[str, Any]], mask_limit: int) -> list[dict[str, Any]]:
@@ -168,3 +156,12 @@ def run_prediction(jobs: JobService, job: Job, context: JobContext) -> list[str]
         context.add_files(key)
         urls.append(jobs.file_url(key, job))
     return urls
+
+
+async def _accept(jobs: JobService, raw: Any, api_key_id: str | None, base_url: str) -> tuple[dict[str, Any], list[str]]:
+    return await accept_input(jobs, raw, api_key_id=api_key_id, base_url=base_url)
+
+
+MODEL = ReplicateModel(MODEL_OWNER, MODEL_NAME, MODEL_VERSION, VERSION_CREATED_AT,
+                       "Segment Anything 2 automatic mask generation, served by segany", "replicate", _accept,
+                       run_prediction, openapi_schema)

@@ -36,6 +36,7 @@ from segany.server.http.errors import ImageIdNotFound, RequestTimeout, ServerBus
 from segany.server.http.limits import Limits
 from segany.server.http.metrics import ServerMetrics
 from segany.server.engine.model_pool import ModelLoader, ModelPool
+from segany.server.engine.video_sessions import VideoSessions
 from segany.server.settings import ServerSettings
 
 log = logging.getLogger("segany.server")
@@ -117,11 +118,13 @@ class Engine:
         self.detectors = DetectorPool(settings)
         self.recent_images = RecentImages()  # pixels for text prompts that follow an embed by image_id
         self.logits_cache = LogitsCache()  # low-res logits of earlier prompts (Roboflow's multi-step prompting)
+        self.video = VideoSessions(settings, self.pool)  # tracking sessions on the same models
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self.embed_lane.start()
         self.decode_lane.start()
+        self.video.start()
         if self.settings.preload:
             self._preload_task = asyncio.get_running_loop().create_task(self._preload())
 
@@ -136,6 +139,7 @@ class Engine:
     async def stop(self) -> None:
         if self._preload_task is not None and not self._preload_task.done():
             self._preload_task.cancel()
+        await self.video.stop()
         await self.embed_lane.stop()
         await self.decode_lane.stop()
 

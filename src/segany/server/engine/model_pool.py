@@ -14,8 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segany.errors import ModelNotFound
+from segany.errors import CheckpointError, ModelNotFound
+from segany.model.sam2 import SAM2ImageModel
 from segany.model.variants import get_variant, list_variants
+from segany.model.video import SAM2VideoModel
+from segany.model.weights import map_official_keys, read_checkpoint, resolve_checkpoint
 from segany.predict.predictor import Predictor
 from segany.server.settings import ServerSettings
 
@@ -37,6 +40,20 @@ def canonical_variant(name: str | None, default: str) -> str:
     return spec.name
 
 
+def compose_video_model(image: SAM2ImageModel, checkpoint: str | Path) -> SAM2VideoModel:
+    """The video model around an already loaded image model (its weights shared, not copied): only the
+    checkpoint's video-only keys are loaded, and every one of them must fit."""
+    official = read_checkpoint(checkpoint)
+    _, video_keys = map_official_keys(official)
+    model = SAM2VideoModel(image.spec, image=image)
+    result = model.load_state_dict({key: official[key] for key in video_keys}, strict=False)
+    missing = [key for key in result.missing_keys if not key.startswith("image.")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{checkpoint} does not fit the {image.variant} video model: missing {missing[:5]}, "
+                              f"unexpected {list(result.unexpected_keys)[:5]}")
+    return model.to(image.device).eval().requires_grad_(False)
+
+
 class ModelPool:
     """Loads predictors on first use (one load at a time per variant) and drops the least recently used."""
 
@@ -50,6 +67,7 @@ class ModelPool:
         # The default model must be named too (its weights may still come from --checkpoint FILE).
         self.default_variant = canonical_variant(settings.model, settings.model)
         self._loaded: OrderedDict[str, Predictor] = OrderedDict()
+        self._video: dict[str, SAM2VideoModel] = {}  # variant -> video model around that predictor's model
         self.ever_loaded: set[str] = set()
         # variant -> "official" | "file" | "random" (segany.load_model's `model.weights`), once loaded.
         self.weights: dict[str, str] = {}
@@ -105,6 +123,7 @@ class ModelPool:
                 self.ever_loaded.add(variant)
                 while len(self._loaded) > self.settings.max_models:
                     dropped, _ = self._loaded.popitem(last=False)
+                    self._video.pop(dropped, None)  # sessions holding it keep it alive until they close
                     log.info("unloaded model %s (max_models=%d)", dropped, self.settings.max_models)
                 if self._on_change is not None:
                     self._on_change(len(self._loaded))
@@ -113,3 +132,20 @@ class ModelPool:
 
     async def get_default(self) -> Predictor:
         return await self.get(self.default_variant)
+
+    async def get_video(self, variant: str) -> SAM2VideoModel:
+        """The video model of a canonical variant: the loaded image model (the same weights image requests
+        use) composed with the checkpoint's memory modules, built once per loaded image model."""
+        image = (await self.get(variant)).model
+        video = self._video.get(variant)
+        if video is not None and video.image is image:
+            return video
+        async with self._locks.setdefault(variant, asyncio.Lock()):
+            video = self._video.get(variant)
+            if video is None or video.image is not image:
+                spec = get_variant(variant)
+                checkpoint = self.checkpoint_for(variant) or await asyncio.to_thread(resolve_checkpoint, spec)
+                log.info("adding the video modules of %s (checkpoint %s)", variant, checkpoint)
+                video = await asyncio.to_thread(compose_video_model, image, checkpoint)
+                self._video[variant] = video
+            return video

@@ -47,6 +47,17 @@ class ImageIdNotFound(InvalidInput):
         super().__init__(message, field)
 
 
+class VideoSessionNotFound(InvalidInput):
+    """A video session id that does not exist (never created, deleted, or closed after idling)."""
+
+    def __init__(self, message: str, field: str | None = "session_id") -> None:
+        super().__init__(message, field)
+
+
+class VideoSessionBusy(SeganyError):
+    """The video session is propagating; one propagation (and nothing else) runs on a session at a time."""
+
+
 class UrlNotAllowed(InvalidInput):
     """Image URL fetching is off, or the URL points at a non-public address or scheme."""
 
@@ -73,6 +84,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (PayloadTooLarge, 413, "payload_too_large"),
     (ImageTooLarge, 413, "image_too_large"),
     (ImageIdNotFound, 404, "image_id_not_found"),
+    (VideoSessionNotFound, 404, "session_not_found"),
     (UrlNotAllowed, 403, "url_not_allowed"),
     (FetchFailed, 400, "fetch_failed"),
     (InvalidImage, 400, "invalid_image"),
@@ -85,6 +97,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (JobNotFound, 404, "not_found"),
     (StoredFileNotFound, 404, "not_found"),
     (JobConflict, 409, "conflict"),
+    (VideoSessionBusy, 409, "session_busy"),
     # A checkpoint that fails to load makes that model unavailable: the client named it, so 4xx.
     (CheckpointError, 404, "model_unavailable"),
     (MissingExtra, 501, "missing_extra"),

@@ -104,11 +104,12 @@ def check_url_allowed(settings: ServerSettings, url: str, field: str) -> None:
     check_public_url(url, field)
 
 
-async def fetch_image(engine: Engine, url: str, field: str) -> bytes:
-    """Download an image URL if the server allows it (public addresses only)."""
+async def fetch_image(engine: Engine, url: str, field: str, max_bytes: int | None = None) -> bytes:
+    """Download an image URL (or a video's: `max_bytes`, default `fetch_max_mb`) if the server allows it
+    (public addresses only)."""
     settings = engine.settings
     _check_fetch_allowed(settings, field)
-    return await asyncio.to_thread(fetch_url_bytes, url, max_bytes=settings.fetch_max_bytes,
+    return await asyncio.to_thread(fetch_url_bytes, url, max_bytes=max_bytes or settings.fetch_max_bytes,
                                    timeout_s=settings.fetch_timeout_s, field=field)
 
 
