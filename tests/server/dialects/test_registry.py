@@ -20,4 +20,4 @@ def test_errors_go_to_the_dialect_with_the_longest_prefix(path: str, name: str) 
 def test_names_are_unique_and_job_kinds_come_from_the_job_dialects() -> None:
     names = [dialect.name for dialect in DIALECTS]
     assert len(names) == len(set(names))
-    assert set(job_kinds()) == {"replicate", "cog", "segmind"}
+    assert set(job_kinds()) == {"replicate", "replicate_video", "cog", "segmind"}
