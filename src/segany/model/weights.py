@@ -301,6 +301,21 @@ def _record_source(model: SAM2ImageModel, checkpoint: Path, weights: WeightsSour
     model.checkpoint_path = str(checkpoint)
 
 
+def _build(model_class: type, load_strict, name_or_path: str | os.PathLike, checkpoint: str | os.PathLike | None,
+           device: str | torch.device | None, dtype: torch.dtype | str | None):
+    """`model_class(spec)` with the checkpoint's weights loaded by `load_strict`, on its device in eval mode;
+    returns (model, the dtype to cast to, the file read, where its weights came from)."""
+    dev = check_device(device)
+    spec, official, path, weights = _read_official(name_or_path, checkpoint)
+    dtype = _dtype_for(dev, dtype)
+    with torch.device("meta"):
+        model = model_class(spec)
+    model = model.to_empty(device="cpu")
+    load_strict(model, official, str(path))
+    del official
+    return model.to(dev).eval().requires_grad_(False), dtype, path, weights
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     checkpoint: str | os.PathLike | None = None,
@@ -316,15 +331,8 @@ def load_model(
     where its weights came from: `model.weights` is "official", "file" or "random" (`WeightsSource`),
     `model.checkpoint_path` the file read.
     """
-    dev = check_device(device)
-    spec, official, path, weights = _read_official(name_or_path, checkpoint)
-    dtype = _dtype_for(dev, dtype)
-    with torch.device("meta"):
-        model = SAM2ImageModel(spec)
-    model = model.to_empty(device="cpu")
-    load_state_dict_strict(model, official, str(path))
-    del official
-    model = model.to(dev).eval().requires_grad_(False)
+    model, dtype, path, weights = _build(SAM2ImageModel, load_state_dict_strict, name_or_path, checkpoint, device,
+                                         dtype)
     _cast_image_model(model, dtype)
     _record_source(model, path, weights)
     return model
@@ -339,15 +347,8 @@ def load_video_model(
     """Build the SAM 2 video model (the image model plus memory modules) and load every key of the official
     checkpoint; arguments as `load_model`. `dtype` applies to the image encoder and mask decoder; the
     memory modules stay float32 (memories are stored in bfloat16 either way, as the official does)."""
-    dev = check_device(device)
-    spec, official, path, weights = _read_official(name_or_path, checkpoint)
-    dtype = _dtype_for(dev, dtype)
-    with torch.device("meta"):
-        model = SAM2VideoModel(spec)
-    model = model.to_empty(device="cpu")
-    load_video_state_dict_strict(model, official, str(path))
-    del official
-    model = model.to(dev).eval().requires_grad_(False)
+    model, dtype, path, weights = _build(SAM2VideoModel, load_video_state_dict_strict, name_or_path, checkpoint,
+                                         device, dtype)
     _cast_image_model(model.image, dtype)
     _record_source(model.image, path, weights)
     return model
