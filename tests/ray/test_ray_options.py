@@ -12,7 +12,7 @@ from PIL import Image
 
 from segany.errors import InvalidInput
 from segany.io.images import image_digest, load_image
-from segany.server.ray.affinity import affinity_key, retry_safe
+from segany.server.ray.affinity import ImageKey, affinity_key, retry_safe
 from segany.server.ray_serve import add_ray_serve_arguments, deployment_options
 from segany.server.settings import ServerSettings, add_settings_arguments
 
@@ -95,14 +95,15 @@ def test_every_way_of_sending_an_image_gets_its_pixel_digest():
     ]
     for content_type, body in ways:
         body = body.encode() if isinstance(body, str) else body
-        assert affinity_key(content_type, body, MAX_PIXELS) == digest, content_type
-    assert affinity_key("image/png", _png(1), MAX_PIXELS) != digest
+        assert affinity_key(content_type, body, MAX_PIXELS) == ImageKey(digest, by_id=False), content_type
+    assert affinity_key("image/png", _png(1), MAX_PIXELS).key != digest
 
 
 def test_an_image_id_is_its_own_key_and_unreadable_requests_have_none():
     png = _png(0)
-    assert affinity_key("application/json", json.dumps({"image_id": "abc", "image": "x"}).encode(), MAX_PIXELS) == "abc"
-    assert affinity_key(*_multipart({"image_id": "my-cat", "image": png}), MAX_PIXELS) == "my-cat"
+    named = affinity_key("application/json", json.dumps({"image_id": "abc", "image": "x"}).encode(), MAX_PIXELS)
+    assert named == ImageKey("abc", by_id=True)
+    assert affinity_key(*_multipart({"image_id": "my-cat", "image": png}), MAX_PIXELS) == ImageKey("my-cat", True)
     for content_type, body in [("application/json", b'{"image": "https://example.com/a.png"}'),
                                ("application/json", b'{"image": "not base64!"}'), ("application/json", b"[1, 2]"),
                                ("application/json", b"{broken"), ("image/png", b"not a png"), ("text/plain", b"hi"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -33,12 +34,20 @@ _IMAGE_FIELDS = ("image", "inputs")
 MAX_KEY_CHARS = 200
 
 
+@dataclass(frozen=True)
+class ImageKey:
+    """A request's affinity key; `by_id` when the request named an image id rather than carrying pixels."""
+
+    key: str
+    by_id: bool
+
+
 def retry_safe(method: str, path: str) -> bool:
     """True when sending the request again cannot do anything twice (all reads; inference; idempotent PUTs)."""
     return method.upper() != "POST" or _CREATES.match(path) is None
 
 
-def affinity_key(content_type: str, body: bytes, max_pixels: int) -> str | None:
+def affinity_key(content_type: str, body: bytes, max_pixels: int) -> ImageKey | None:
     """The request's image key (see the module docstring), or None when it names no image we can read."""
     kind = content_type.split(";")[0].strip().lower()
     if not body:
@@ -52,7 +61,7 @@ def affinity_key(content_type: str, body: bytes, max_pixels: int) -> str | None:
     return None
 
 
-def _json_key(body: bytes, max_pixels: int) -> str | None:
+def _json_key(body: bytes, max_pixels: int) -> ImageKey | None:
     try:
         payload = json.loads(body)
     except ValueError:
@@ -61,7 +70,7 @@ def _json_key(body: bytes, max_pixels: int) -> str | None:
         return None
     image_id = payload.get("image_id")
     if isinstance(image_id, str) and 0 < len(image_id) <= MAX_KEY_CHARS:
-        return image_id
+        return ImageKey(image_id, by_id=True)
     nested = payload.get("input")
     candidates = [payload.get(name) for name in _IMAGE_FIELDS]
     if isinstance(nested, dict):
@@ -77,7 +86,7 @@ def _json_key(body: bytes, max_pixels: int) -> str | None:
     return None
 
 
-def _multipart_key(content_type: str, body: bytes, max_pixels: int) -> str | None:
+def _multipart_key(content_type: str, body: bytes, max_pixels: int) -> ImageKey | None:
     # The standard library's MIME parser reads form-data well enough for two fields; no request object needed.
     message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
                                                   + body)
@@ -89,7 +98,7 @@ def _multipart_key(content_type: str, body: bytes, max_pixels: int) -> str | Non
         if name == "image_id":
             text = part.get_payload(decode=True).decode("utf-8", "replace").strip()
             if 0 < len(text) <= MAX_KEY_CHARS:
-                return text
+                return ImageKey(text, by_id=True)
         elif name == "image":
             image_part = part
     if image_part is None:
@@ -106,8 +115,8 @@ def _multipart_key(content_type: str, body: bytes, max_pixels: int) -> str | Non
     return _pixels_key(data, max_pixels)
 
 
-def _pixels_key(data: bytes, max_pixels: int) -> str | None:
+def _pixels_key(data: bytes, max_pixels: int) -> ImageKey | None:
     try:
-        return image_digest(load_image(data, max_pixels=max_pixels))
+        return ImageKey(image_digest(load_image(data, max_pixels=max_pixels)), by_id=False)
     except SeganyError:
         return None  # the replica will answer the proper 4xx

@@ -23,13 +23,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from segany.server.http.errors import ErrorInfo
-from segany.server.ray.affinity import affinity_key, retry_safe
+from segany.server.ray.affinity import ImageKey, affinity_key, retry_safe
 from segany.server.ray.backend import ForwardedRequest, ReplicaAnswer
 
 log = logging.getLogger("segany.server.ray")
 
 RETRY_AFTER_S = 2  # about the time Ray needs to notice a dead replica and route around it
 RETRY_PAUSE_S = 0.5
+# Replicas report the keys they hold to the router about once a second, so a click sent right after its
+# image's upload can reach a replica that never saw it and get 404. Such a 404 is asked again (a read) a
+# few times over about this long; by then the router sends it to the replica holding the key.
+UNKNOWN_ID_RETRY_S = (0.3, 0.7, 1.5)
 
 
 def _retryable_errors() -> tuple[type[BaseException], ...]:
@@ -76,11 +80,12 @@ class SeganyIngress:
         response.headers["x-segany-node"] = answer.node
         return response
 
-    async def _forward(self, forwarded: ForwardedRequest, key: str | None) -> ReplicaAnswer | Response:
-        handle = self.backend.options(multiplexed_model_id=key) if key else self.backend
+    async def _forward(self, forwarded: ForwardedRequest, key: ImageKey | None) -> ReplicaAnswer | Response:
+        handle = self.backend.options(multiplexed_model_id=key.key) if key else self.backend
         deadline = time.monotonic() + self.timeout_s
         safe = retry_safe(forwarded.method, forwarded.path)
         attempt = 0
+        unknown_id_pauses = list(UNKNOWN_ID_RETRY_S) if key is not None and key.by_id and safe else []
         while True:
             pending = handle.handle.remote(forwarded)
             try:
@@ -98,6 +103,9 @@ class SeganyIngress:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
             self.replicas[answer.replica] = answer
+            if answer.status == 404 and unknown_id_pauses and time.monotonic() + unknown_id_pauses[0] < deadline:
+                await asyncio.sleep(unknown_id_pauses.pop(0))  # the router may not know where the id lives yet
+                continue
             return answer
 
     def _unavailable(self, path: str, why: str) -> Response:
