@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segany.cli import main
+from segany.cli.main import main
 from segany.io.rle import coco_decode
 from video_support import pan_frames, video_checkpoint, write_mp4
 

@@ -27,7 +27,7 @@ from segany.batch.annotate import AnnotatorConfig, BoxPrompt
 from segany.batch.inputs import ImageItem
 from segany.batch.per_image import ImageResult, RayOptions, annotate_decoded, decode_for_batch
 from segany.errors import InvalidInput
-from segany.ray_cluster import connect, import_ray
+from segany.ray_cluster import connect, import_ray, loopback_only
 
 DECODE_CPUS = 0.1  # decoding is short and mostly I/O; a small reservation lets it run beside busy actors
 CPUS_PER_CPU_WORKER = 4  # default grain of a CPU worker when the worker count is not given

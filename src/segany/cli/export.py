@@ -89,7 +89,9 @@ def export_onnx_decoder(model: Any, out: str | Path, opset: int = OPSET) -> Path
     """Write the decoder of `model` (a float32 `SAM2ImageModel` on CPU) to `out` as ONNX."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    decoder = OnnxDecoder(model.float().cpu().eval())
+    # The wrapper goes into eval mode itself: the exporter puts the module it is given back into that
+    # module's own mode afterwards, and a wrapper left in training mode would switch the caller's model with it.
+    decoder = OnnxDecoder(model.float().cpu().eval()).eval()
     axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter (deprecated, not gone) keeps the output size a function of orig_im_size (a

@@ -23,7 +23,7 @@ from live_server import free_port, serve_in_thread
 from segany.io.masks import mask_to_polygons
 
 brush = pytest.importorskip("label_studio_sdk.converter.brush")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LEGACY_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"  # shaped like a personal token
 
