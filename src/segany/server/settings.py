@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from segany.errors import InvalidInput
-from segany.io.images import DEFAULT_MAX_PIXELS
+
+# A server decodes for many clients at once: an 8000x8000 PNG of a few hundred KB (the library's 64 Mi
+# pixel default lets it through) takes ~3 GB to decode and embed. 36 MP still admits 24 MP camera photos.
+SERVER_MAX_PIXELS = 6000 * 6000
 
 ENV_PREFIX = "SEGANY_"
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
@@ -62,7 +65,9 @@ class ServerSettings:
     max_queue: int = _opt(64, "inference jobs waiting at once; more get 503 with Retry-After")
     request_timeout_s: float = _opt(120.0, "per-request time limit for inference")
     max_body_mb: float = _opt(32.0, "largest request body")
-    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, "largest decoded image (width x height)")
+    body_timeout_s: float = _opt(60.0, "longest time to receive one request body (a trickled body gets 408)")
+    keep_alive_s: float = _opt(5.0, "idle time after which a kept-alive connection is closed")
+    max_image_pixels: int = _opt(SERVER_MAX_PIXELS, "largest decoded image (width x height)")
     max_prompts: int = _opt(64, "most prompts in one request")
     max_points_per_prompt: int = _opt(64, "most points in one prompt")
     max_points_per_side: int = _opt(128, "largest points_per_side for automatic mask generation")
@@ -117,7 +122,7 @@ class ServerSettings:
             raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "dtype")
         if self.job_recovery not in ("retry", "fail"):
             raise InvalidInput(f"job_recovery must be 'retry' or 'fail', got {self.job_recovery!r}", "job_recovery")
-        for name in ("request_timeout_s", "max_body_mb", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
+        for name in ("request_timeout_s", "max_body_mb", "body_timeout_s", "keep_alive_s", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
                      "job_timeout_s", "expire_every_s", "webhook_timeout_s", "video_session_idle_s", "max_video_mb"):
             if float(getattr(self, name)) <= 0:
                 raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}", name)

@@ -34,7 +34,7 @@ from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobNotFound, iso8601
 from segany.server.jobs.service import JobKind, JobService
 from segany.server.http.openapi import body_schema
-from segany.server.jobs.storage import StoredFile, StoredFileNotFound
+from segany.server.jobs.storage import StoredFile, StoredFileNotFound, check_content_type
 
 PATH_PREFIXES = ("/v1/predictions", "/v1/models", "/v1/files", "/v1/webhooks")
 MODELS: tuple[ReplicateModel, ...] = (replicate_seed.MODEL, replicate_video.MODEL)
@@ -317,16 +317,17 @@ async def create_file(request: Request) -> JSONResponse:
     if isinstance(form.get("metadata"), str):
         try:
             metadata = json.loads(form["metadata"])  # type: ignore[arg-type]
-        except ValueError:
+        except (ValueError, RecursionError):
             metadata = None  # type: ignore[assignment]
         if not isinstance(metadata, dict):
             raise InvalidInput("metadata: expected a JSON object", "metadata")
     name = str(form.get("filename") or upload.filename or "file")[:255]
     suffix = "." + name.rsplit(".", 1)[1].lower() if "." in name else ""
     suffix = suffix if 2 <= len(suffix) <= 11 and suffix[1:].isalnum() else ""
-    content_type = str(form.get("type") or upload.content_type or "application/octet-stream")[:100]
+    content_type = check_content_type(str(form.get("type") or upload.content_type or "application/octet-stream"),
+                                      "type")
     data = await upload.read()
-    key = jobs.storage.put(data, suffix, content_type, name=name, owner=context.api_key_id(request))
+    key = jobs.storage.put(data, suffix, content_type, name=name, owner=context.api_key_id(request), private=True)
     info = jobs.storage.info(key)
     return JSONResponse(file_json(info, jobs, jobs.base_url(request), metadata), status_code=201)
 

@@ -218,17 +218,22 @@ class Engine:
         self.metrics.embed_seconds.observe(seconds)
         self.metrics.embed_batch.observe(count)
 
-    def lookup(self, image_id: str, model: str | None = None) -> EmbedResult:
-        """A cached embedding by image id (a digest or a client alias); `ImageIdNotFound` if absent."""
-        digest = self.cache.resolve(image_id)
-        variants = [self.pool.resolve(model)] if model else self.cache.variants_of(digest)
+    def name_image(self, image_id: str, digest: str, owner: str | None) -> None:
+        """Let the key `owner` refer to the image `digest` as `image_id` (its digest, or an alias it chose)."""
+        self.cache.add_alias(image_id, digest, owner)
+
+    def lookup(self, image_id: str, model: str | None = None, owner: str | None = None) -> EmbedResult:
+        """A cached embedding by image id (a digest or a client alias) named by the key `owner` (see
+        `name_image`); `ImageIdNotFound` if absent, or named only by another key (which looks the same)."""
+        digest = self.cache.resolve(image_id, owner)
+        variants = [] if digest is None else [self.pool.resolve(model)] if model else self.cache.variants_of(digest)
         if not model and self.pool.default_variant in variants:
             variants = [self.pool.default_variant]
         for variant in variants:
-            embedding = self.cache.get(variant, digest)
+            embedding = self.cache.get(variant, digest)  # type: ignore[arg-type]
             if embedding is not None:
                 self._count_lookup(True)
-                return EmbedResult(embedding, digest, variant, True, 0.0)
+                return EmbedResult(embedding, digest, variant, True, 0.0)  # type: ignore[arg-type]
         self._count_lookup(False)
         raise ImageIdNotFound(f"image_id {image_id[:100]!r} is not in the embedding cache (never embedded, "
                               "evicted, or embedded with another model); send the image again")
@@ -246,6 +251,7 @@ class Engine:
         """Decode `prompts` (in order) on one embedding; same-shaped prompts share a decoder batch."""
         if not prompts:
             raise InvalidPrompt("prompts: give at least one prompt", "prompts")
+        self.limits.check_prompts(prompts)  # every dialect's prompts, whatever it checked itself
         predictor = await self.pool.get(embedded.variant)
         groups: dict[tuple, list[int]] = {}
         for index, prompt in enumerate(prompts):
@@ -270,6 +276,7 @@ class Engine:
 
     async def predict_raw(self, embedded: EmbedResult, **arrays: Any) -> Prediction:
         """One official-style `Predictor.predict` call (Livepeer's arrays as given), in the decode lane."""
+        self.limits.check_raw_arrays(arrays.get("point_coords"), arrays.get("box"))
         predictor = await self.pool.get(embedded.variant)
         return await self.decode_lane.run_in_thread(lambda: predictor.predict(embedded.embedding, **arrays))
 
