@@ -82,6 +82,10 @@ class RequestTimeout(SeganyError):
     """The request did not finish within `request_timeout_s`."""
 
 
+class WorkAbandoned(RequestTimeout):
+    """Raised inside abandoned work at its next batch boundary, so that its thread stops computing."""
+
+
 # Ordered most specific first: `describe` takes the first row the exception is an instance of.
 ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (Unauthorized, 401, "unauthorized"),
