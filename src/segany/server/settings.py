@@ -82,6 +82,8 @@ class ServerSettings:
     job_max_attempts: int = _opt(2, "runs a job may get across restarts")
     job_workers: int = _opt(2, "prediction jobs running at once")
     job_timeout_s: float = _opt(900.0, "time limit of one inference step of a job")
+    max_pending_jobs: int = _opt(256, "jobs queued or running at once; another submission gets 503 with Retry-After")
+    max_waiting: int = _opt(64, "requests held open by 'Prefer: wait' at once; more answer at once, unfinished")
     webhook_allow_private: bool = _opt(False, "allow webhook targets on loopback/private networks")
     webhook_signing_secret: str | None = _opt(None, "whsec_... key webhooks are signed with (default: generated, "
                                               "kept in the data dir)")
@@ -110,7 +112,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         positive = ("port", "max_models", "embed_batch_size", "decode_batch_size", "max_queue", "max_prompts",
                     "max_points_per_prompt", "max_points_per_side", "max_image_pixels", "max_auto_points",
-                    "job_max_attempts", "job_workers", "webhook_attempts", "max_video_sessions", "max_video_frames",
+                    "job_max_attempts", "job_workers", "max_pending_jobs", "max_waiting", "webhook_attempts", "max_video_sessions", "max_video_frames",
                     "max_video_pixels")
         for name in positive:
             if int(getattr(self, name)) < 1:

@@ -155,7 +155,8 @@ async def _predict(request: Request, path_id: str | None) -> JSONResponse:
             job = raced
     if respond_async:
         return JSONResponse(response_json(job), status_code=202, headers=headers)
-    job = await jobs.runner.wait_async(job.id, jobs.settings.job_timeout_s, api_key_id=key_id)
+    job = await jobs.runner.wait_async(job.id, jobs.settings.job_timeout_s, api_key_id=key_id,
+                                      max_waiting=jobs.settings.max_waiting)
     return JSONResponse(response_json(job), headers=headers)
 
 

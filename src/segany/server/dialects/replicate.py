@@ -181,7 +181,7 @@ async def _create(request: Request, body: ModelPredictionIn, model: ReplicateMod
                                base_url=base, webhook=webhook, webhook_events=events, meta={"version": model.version},
                                file_keys=keys)
     if wait_s is not None:
-        job = await jobs.runner.wait_async(job.id, wait_s, api_key_id=key_id)
+        job = await jobs.runner.wait_async(job.id, wait_s, api_key_id=key_id, max_waiting=jobs.settings.max_waiting)
     return JSONResponse(prediction_json(job, waited=wait_s is not None), status_code=201, headers=headers)
 
 
