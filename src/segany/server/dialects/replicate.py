@@ -34,6 +34,7 @@ from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobNotFound, iso8601
 from segany.server.jobs.service import JobKind, JobService
 from segany.server.http.openapi import body_schema
+from segany.server.jobs.webhooks import secret_for_key
 from segany.server.jobs.storage import StoredFile, StoredFileNotFound, check_content_type
 
 PATH_PREFIXES = ("/v1/predictions", "/v1/models", "/v1/files", "/v1/webhooks")
@@ -349,8 +350,9 @@ async def delete_file(file_id: str, request: Request) -> Response:
 
 @router.get("/v1/webhooks/default/secret", responses={200: {"model": dict[str, str]}, **_ERRORS})
 async def webhook_secret(request: Request) -> JSONResponse:
-    """The `whsec_...` key the server signs webhooks with."""
-    return JSONResponse({"key": server_context(request).jobs.signing_secret})
+    """The `whsec_...` key this API key's webhooks are signed with (each key has its own)."""
+    context = server_context(request)
+    return JSONResponse({"key": secret_for_key(context.jobs.signing_secret, context.api_key_id(request))})
 
 
 DIALECT = Dialect("replicate", router, PATH_PREFIXES, error_response, renders_http_errors=True,

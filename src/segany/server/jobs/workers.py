@@ -191,7 +191,8 @@ class JobRunner:
     def _send(self, job: Job, on_done: Callable[[DeliveryResult], None] | None = None) -> None:
         assert self.webhooks is not None and job.webhook is not None
         try:
-            self.webhooks.send(job.webhook, self.payload_for(job), key=job.id, on_done=on_done)
+            self.webhooks.send(job.webhook, self.payload_for(job), key=job.id, on_done=on_done,
+                               api_key_id=job.api_key_id)
         except Exception:  # a payload bug or a closed sender must not fail the job itself
             log.exception("could not queue the webhook of prediction %s", job.id)
 
