@@ -146,3 +146,21 @@ def test_api_key_is_redacted_from_the_access_log():
                                ("127.0.0.1:5", "POST", "/sam2/embed_image?x=1&api_key=sekrit&y=2", "1.1", 200), None)
     assert redact_access_log(record)
     assert "sekrit" not in record.getMessage() and "api_key=***&y=2" in record.getMessage()
+
+
+def test_cog_prediction_ids_are_per_key(two_keys, image_path):
+    request = {"input": {"image": "data:image/png;base64," + _b64(image_path), "points_per_side": 2,
+                         "points_per_batch": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}}
+    async_headers = {"Prefer": "respond-async"}
+    with _client(two_keys, KEYS[0]) as alice, _client(two_keys, KEYS[1]) as bob:
+        mine = alice.put("/predictions/shared-name", json=request, headers=async_headers)
+        assert mine.status_code == 202 and mine.json()["id"] == "shared-name", mine.text
+        # B's PUT of the same id is B's own prediction: no conflict, no hint that A's exists.
+        theirs = bob.put("/predictions/shared-name", json={"input": {**request["input"], "points_per_side": 3}},
+                         headers=async_headers)
+        assert theirs.status_code == 202 and theirs.json()["id"] == "shared-name", theirs.text
+        assert theirs.json()["input"]["points_per_side"] == 3
+        again = alice.put("/predictions/shared-name", json=request, headers=async_headers)  # idempotent for A
+        assert again.status_code == 202 and again.json()["input"]["points_per_side"] == 2
+        assert alice.post("/predictions/shared-name/cancel").status_code == 200
+        assert bob.post("/predictions/shared-name/cancel").status_code == 200
