@@ -4,6 +4,7 @@
                               [--url http://127.0.0.1:PORT [--server-pid PID]]
                               [--checkpoint PATH] [--dtype bfloat16] [--max-queue 64] [--image-files A.png,B.png]
                               [--ray-nodes N [--chaos]]
+                              [--reliability [--api-keys A,B] [--request-timeout-s 5]]
 
 Without --url it starts `python -m segany.server` (tiny model, random weights unless --checkpoint). Each
 client works on image `client % images` and clicks one random positive point per request until the
@@ -17,6 +18,12 @@ nodes, each `ray start`) and `segany serve --ray` with N replicas on it; `--chao
 at a third of the duration and a worker node (SIGKILL to all its processes) at two thirds, starting a new
 node in its place. In chaos mode clients click a fixed set of points whose answers were recorded before the
 load, so every answer is checked against that reference; a wrong mask or a client timeout fails the run.
+
+With `--reliability` (bench/reliability_load.py) the clients are careless and hostile instead: cheap and
+expensive requests with client timeouts and abandoned requests, while a second key probes the first key's
+image ids and aliases. It reports failures by status, p50/p99, the server's RSS before, at peak and after,
+and the count of cross-key answers; the exit status is 1 on any cross-key answer, a 500, or an unhealthy
+server afterwards. Without --url the server is started with the two keys of --api-keys.
 
 Reports: requests and throughput (answered clicks per second), p50/p99 latency of answered clicks,
 status counts, the embedding-cache hit rate (from /metrics, over this run; on Ray, summed over all
@@ -213,7 +220,15 @@ def main() -> int:
                         help="serve on a Ray cluster of this many one-CPU worker nodes on 127.0.0.1, one replica each")
     parser.add_argument("--chaos", action="store_true",
                         help="with --ray-nodes: kill a replica, then a worker node, during the load; check every mask")
+    parser.add_argument("--reliability", action="store_true",
+                        help="careless clients and a second key probing the first key's ids (see above)")
+    parser.add_argument("--api-keys", default="bench-key-a,bench-key-b",
+                        help="--reliability: the two keys (the server must accept both)")
+    parser.add_argument("--request-timeout-s", type=float, default=5.0,
+                        help="--reliability: the started server's --request-timeout-s")
     args = parser.parse_args()
+    if args.reliability:
+        return reliability_main(args)
     if args.chaos and args.ray_nodes < 2:
         parser.error("--chaos needs --ray-nodes 2 or more (a survivor to answer while the others are replaced)")
     if args.duration <= 0 or args.duration > 3600 or args.clients < 1 or args.images < 1:
@@ -281,6 +296,44 @@ def run_on_ray(args: argparse.Namespace, options: list[str], run: Callable[..., 
             return run(url, None, chaos)
         finally:
             ray.shutdown()
+
+
+def reliability_main(args: argparse.Namespace) -> int:
+    """`--reliability`: bench/reliability_load.py's clients against --url or a server started with two keys."""
+    import time as clock
+
+    from reliability_load import healthy_after, report_rows, rss_mib, run_reliability
+
+    keys = tuple(args.api_keys.split(",")[:2])
+    if len(keys) != 2 or keys[0] == keys[1]:
+        raise SystemExit("--api-keys needs two different keys")
+    if args.url and urlsplit(args.url).hostname not in LOOPBACK:
+        raise SystemExit("--url must point at this machine (127.0.0.1): the load test never leaves it")
+    if args.image_files:
+        images = [data for data, _ in file_images(args.image_files.split(","))[: args.images]]
+    else:
+        width, height = (int(v) for v in args.image_size.lower().split("x"))
+        images = [data for data, _ in synthetic_images(args.images, (width, height))]
+
+    def run(url: str, pid: int | None) -> int:
+        baseline = rss_mib(pid) if pid else None
+        tally, elapsed = asyncio.run(run_reliability(url, images, args.clients, args.duration, keys))  # type: ignore[arg-type]
+        clock.sleep(2)  # let abandoned work reach its batch boundary before reading the final RSS
+        peak, final = (peak_rss_mib(pid), rss_mib(pid)) if pid else (None, None)
+        print_table(["metric", "value"], report_rows(tally, elapsed, peak, final, baseline))
+        healthy = healthy_after(url)
+        print("server healthy after the run:", healthy, flush=True)
+        return 1 if tally.cross_key or tally.statuses.get(500, 0) or not healthy else 0
+
+    print(f"reliability: {args.clients} clients, {len(images)} images, {args.duration:g} s", flush=True)
+    if args.url:
+        return run(args.url, args.server_pid)
+    checkpoint = args.checkpoint or str(random_checkpoint("sam2.1_hiera_tiny"))
+    options = ["--checkpoint", checkpoint, "--dtype", args.dtype, "--device", args.device,
+               "--max-queue", str(args.max_queue), "--request-timeout-s", str(args.request_timeout_s),
+               "--api-key", keys[0], "--api-key", keys[1]]
+    with server_process(options) as server:
+        return run(server.url, server.pid)
 
 
 if __name__ == "__main__":

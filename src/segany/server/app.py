@@ -58,7 +58,8 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
         app.include_router(dialect.router)
     install_exception_handlers(app)
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_keys=settings.api_keys,
-                       metrics=engine.metrics, render_error=render_error, weights=engine.pool.default_weights)
+                       metrics=engine.metrics, render_error=render_error, weights=engine.pool.default_weights,
+                       body_timeout_s=settings.body_timeout_s)
     openapi.install(app)
     docs_assets.install(app)  # /docs and /redoc with their assets served from here (they work offline)
     return app

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from segany.errors import InvalidInput
-from segany.io.images import DEFAULT_MAX_PIXELS
+
+# A server decodes for many clients at once: an 8000x8000 PNG of a few hundred KB (the library's 64 Mi
+# pixel default lets it through) takes ~3 GB to decode and embed. 36 MP still admits 24 MP camera photos.
+SERVER_MAX_PIXELS = 6000 * 6000
 
 ENV_PREFIX = "SEGANY_"
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
@@ -62,7 +65,9 @@ class ServerSettings:
     max_queue: int = _opt(64, "inference jobs waiting at once; more get 503 with Retry-After")
     request_timeout_s: float = _opt(120.0, "per-request time limit for inference")
     max_body_mb: float = _opt(32.0, "largest request body")
-    max_image_pixels: int = _opt(DEFAULT_MAX_PIXELS, "largest decoded image (width x height)")
+    body_timeout_s: float = _opt(60.0, "longest time to receive one request body (a trickled body gets 408)")
+    keep_alive_s: float = _opt(5.0, "idle time after which a kept-alive connection is closed")
+    max_image_pixels: int = _opt(SERVER_MAX_PIXELS, "largest decoded image (width x height)")
     max_prompts: int = _opt(64, "most prompts in one request")
     max_points_per_prompt: int = _opt(64, "most points in one prompt")
     max_points_per_side: int = _opt(128, "largest points_per_side for automatic mask generation")
@@ -77,6 +82,8 @@ class ServerSettings:
     job_max_attempts: int = _opt(2, "runs a job may get across restarts")
     job_workers: int = _opt(2, "prediction jobs running at once")
     job_timeout_s: float = _opt(900.0, "time limit of one inference step of a job")
+    max_pending_jobs: int = _opt(256, "jobs queued or running at once; another submission gets 503 with Retry-After")
+    max_waiting: int = _opt(64, "requests held open by 'Prefer: wait' at once; more answer at once, unfinished")
     webhook_allow_private: bool = _opt(False, "allow webhook targets on loopback/private networks")
     webhook_signing_secret: str | None = _opt(None, "whsec_... key webhooks are signed with (default: generated, "
                                               "kept in the data dir)")
@@ -105,7 +112,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         positive = ("port", "max_models", "embed_batch_size", "decode_batch_size", "max_queue", "max_prompts",
                     "max_points_per_prompt", "max_points_per_side", "max_image_pixels", "max_auto_points",
-                    "job_max_attempts", "job_workers", "webhook_attempts", "max_video_sessions", "max_video_frames",
+                    "job_max_attempts", "job_workers", "max_pending_jobs", "max_waiting", "webhook_attempts", "max_video_sessions", "max_video_frames",
                     "max_video_pixels")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -117,7 +124,7 @@ class ServerSettings:
             raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "dtype")
         if self.job_recovery not in ("retry", "fail"):
             raise InvalidInput(f"job_recovery must be 'retry' or 'fail', got {self.job_recovery!r}", "job_recovery")
-        for name in ("request_timeout_s", "max_body_mb", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
+        for name in ("request_timeout_s", "max_body_mb", "body_timeout_s", "keep_alive_s", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
                      "job_timeout_s", "expire_every_s", "webhook_timeout_s", "video_session_idle_s", "max_video_mb"):
             if float(getattr(self, name)) <= 0:
                 raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}", name)

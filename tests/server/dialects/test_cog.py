@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from live_jobs import TINY_SEED_INPUT, JobServer, receiving, shared_server
+from live_jobs import KEYS, TINY_SEED_INPUT, JobServer, receiving, shared_server
+from segany.server.dialects.cog import stored_prediction_id
+from segany.server.http.auth import key_id
 from segany.server.dialects.replicate_seed import MODEL_VERSION
 
 
@@ -84,7 +86,9 @@ def test_identical_puts_at_once_share_one_prediction(live, data_uri) -> None:
     assert [(r.status_code, r.json()["id"]) for r in responses] == [(202, prediction_id)] * 4
     inputs = {r.json()["input"]["image"] for r in responses}
     assert len(inputs) == 1  # one job, one stored copy of the image
-    assert live.services.runner.wait(prediction_id, 300).status.value == "succeeded"
+    # The store keeps a client-chosen id per API key (another key's PUT of it is that key's own prediction).
+    stored = stored_prediction_id(prediction_id, key_id(KEYS[0]))
+    assert live.services.runner.wait(stored, 300).status.value == "succeeded"
 
 
 def test_cancel(live, data_uri) -> None:

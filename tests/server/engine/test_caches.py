@@ -126,3 +126,15 @@ def test_lane_bounds_batches_by_weight():
 
     assert asyncio.run(scenario()) == [2, 2, 2, 7, 1]
     assert sizes == [4, 2, 7, 1]  # 2+2, then 2 (7 would overflow), 7 alone, 1 (7+1 > 5)
+
+
+def test_image_ids_are_per_key():
+    cache = EmbeddingCache(1 << 20)
+    cache.add_alias("cat", "d-alice", owner="key_a")
+    assert cache.resolve("cat", "key_a") == "d-alice"
+    assert cache.resolve("cat", "key_b") is None  # another key's alias does not exist for B
+    assert cache.resolve("d-alice", "key_b") is None  # nor does a digest B never embedded
+    cache.add_alias("cat", "d-bob", owner="key_b")  # B's squat stays B's
+    assert cache.resolve("cat", "key_a") == "d-alice" and cache.resolve("cat", "key_b") == "d-bob"
+    cache.add_alias("cat", "d-alice-2", owner="key_a")  # a resend under the alias moves it
+    assert cache.resolve("cat", "key_a") == "d-alice-2"

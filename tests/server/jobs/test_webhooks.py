@@ -387,3 +387,23 @@ def test_cancel_of_a_queued_job_sends_its_completion(store: JobStore, receiver: 
     runner.cancel(job.id)  # already finished: nothing more is sent
     time.sleep(0.2)
     assert len(receiver.requests) == 1
+
+
+def test_each_api_key_signs_with_its_own_secret(receiver: Receiver) -> None:
+    from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
+
+    from segany.server.jobs.webhooks import secret_for_key
+
+    secret = new_signing_secret()
+    alice, bob = secret_for_key(secret, "key_alice"), secret_for_key(secret, "key_bob")
+    assert len({secret, alice, bob}) == 3 and secret_for_key(secret, None) == secret
+    sender = WebhookSender(allow_private=True, signing_secret=secret)
+    try:
+        assert sender.send(receiver.url, {"id": "p1"}, api_key_id="key_alice").result(30).ok
+    finally:
+        sender.close()
+    [request] = receiver.expect(1)
+    body = request.body.decode()
+    Webhooks.validate(headers=request.headers, body=body, secret=WebhookSigningSecret(key=alice), tolerance=300)
+    with pytest.raises(InvalidSignatureError):  # Bob's secret (all Bob can learn) cannot vouch for Alice's hooks
+        Webhooks.validate(headers=request.headers, body=body, secret=WebhookSigningSecret(key=bob), tolerance=300)

@@ -47,7 +47,7 @@ def parse_auto_defaults(text: str | None) -> dict[str, Any]:
         return {}
     try:
         document = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise InvalidInput(f"auto_defaults: not valid JSON ({error})", "auto_defaults") from None
     if not isinstance(document, dict):
         raise InvalidInput("auto_defaults: expected a JSON object", "auto_defaults")

@@ -14,6 +14,8 @@ answers; other errors are `{"detail": "..."}`.
 """
 from __future__ import annotations
 
+import hashlib
+
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -111,11 +113,20 @@ def error_response(info: ErrorInfo) -> JSONResponse:
     return JSONResponse(body, status_code=info.status, headers=info.headers)
 
 
+def stored_prediction_id(client_id: str, key_id: str | None) -> str:
+    """The job id a client-chosen prediction id is kept under: per API key, so that one key's PUT of another
+    key's id creates its own prediction and learns nothing about the other's (no conflict, no 404)."""
+    if key_id is None:
+        return client_id
+    stored = f"{key_id[4:16]}_{client_id}"  # the key id's hex part: what the store's id rule admits
+    return stored if len(stored) <= 128 else f"{key_id[4:16]}_{hashlib.sha256(client_id.encode()).hexdigest()}"
+
+
 def response_json(job: Job) -> dict[str, Any]:
     """Cog's prediction response (also the webhook payload)."""
     metrics = {"predict_time": job.predict_time} if job.predict_time is not None else {}
     return {
-        "id": job.id, "version": job.meta.get("version"), "input": dict(job.input), "output": job.output,
+        "id": job.meta.get("client_id", job.id), "version": job.meta.get("version"), "input": dict(job.input), "output": job.output,
         "logs": job.logs, "error": job.error, "status": job.status.value, "metrics": metrics,
         "created_at": iso8601(job.created_at), "started_at": iso8601(job.started_at),
         "completed_at": iso8601(job.completed_at),
@@ -130,11 +141,12 @@ async def _predict(request: Request, path_id: str | None) -> JSONResponse:
     body = PredictionRequest.model_validate(document)
     if path_id is not None and body.id is not None and body.id != path_id:
         raise InvalidInput(f"id: {body.id!r} in the body differs from {path_id!r} in the URL", "id")
-    prediction_id = path_id or body.id
-    if prediction_id is not None:
-        check_client_id(prediction_id)
+    client_id = path_id or body.id
+    if client_id is not None:
+        check_client_id(client_id)
     respond_async = "respond-async" in request.headers.get("prefer", "").lower()
     key_id = context.api_key_id(request)
+    prediction_id = None if client_id is None else stored_prediction_id(client_id, key_id)
     digest = replicate_seed.input_digest(raw_input)
     job = _existing(jobs.store, prediction_id, digest, key_id) if prediction_id else None
     headers: dict[str, str] = {}
@@ -146,7 +158,8 @@ async def _predict(request: Request, path_id: str | None) -> JSONResponse:
             job, headers = jobs.submit(
                 kind=KIND, job_id=prediction_id, model=replicate_seed.MODEL_ID, input=stored_input,
                 api_key_id=key_id, base_url=base, webhook=body.webhook, webhook_events=events,
-                meta={"version": replicate_seed.MODEL_VERSION, "input_digest": digest}, file_keys=keys)
+                meta={"version": replicate_seed.MODEL_VERSION, "input_digest": digest,
+                      **({"client_id": client_id} if client_id is not None else {})}, file_keys=keys)
         except JobConflict:
             # The same request, sent twice at once, loses the race to its twin: answer with the twin's job.
             raced = _existing(jobs.store, prediction_id, digest, key_id) if prediction_id else None
@@ -155,7 +168,8 @@ async def _predict(request: Request, path_id: str | None) -> JSONResponse:
             job = raced
     if respond_async:
         return JSONResponse(response_json(job), status_code=202, headers=headers)
-    job = await jobs.runner.wait_async(job.id, jobs.settings.job_timeout_s, api_key_id=key_id)
+    job = await jobs.runner.wait_async(job.id, jobs.settings.job_timeout_s, api_key_id=key_id,
+                                      max_waiting=jobs.settings.max_waiting)
     return JSONResponse(response_json(job), headers=headers)
 
 
@@ -188,7 +202,11 @@ async def predict_idempotent(prediction_id: str, request: Request) -> JSONRespon
 async def cancel(prediction_id: str, request: Request) -> JSONResponse:
     """Cancel a queued or running prediction."""
     context = server_context(request)
-    job = context.jobs.store.get(prediction_id, api_key_id=context.api_key_id(request))
+    key_id = context.api_key_id(request)
+    try:
+        job = context.jobs.store.get(stored_prediction_id(prediction_id, key_id), api_key_id=key_id)
+    except JobNotFound:  # a prediction made without a client-chosen id
+        job = context.jobs.store.get(prediction_id, api_key_id=key_id)
     if job.kind != KIND:
         raise JobNotFound(f"no prediction with id {prediction_id!r}")
     context.jobs.runner.cancel(job.id)

@@ -55,7 +55,7 @@ def _parse_array(text: str | None, field: str) -> np.ndarray | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply
         raise InvalidPrompt(f"Error parsing JSON for {field}: {error}", field) from None
     try:
         array = np.asarray(value, dtype=np.float64)
@@ -111,6 +111,7 @@ async def segment_anything_2(
     arrays = {name: _parse_array(text, name) for name, text in (
         ("point_coords", point_coords), ("point_labels", point_labels), ("box", box), ("mask_input", mask_input))}
     _check(arrays)
+    engine.limits.check_raw_arrays(arrays["point_coords"], arrays["box"])  # before the image is even decoded
     if arrays["point_labels"] is not None:
         arrays["point_labels"] = arrays["point_labels"].astype(np.int32)
     data = await image.read()

@@ -55,15 +55,15 @@ async def _decoded(engine: Engine, image_text: str | None, upload: bytes | None)
 
 
 async def _embedding(engine: Engine, fields: Any, upload: bytes | None, image_id: str | None,
-                     timing: dict[str, float]) -> EmbedResult:
+                     timing: dict[str, float], owner: str | None) -> EmbedResult:
     """The request's embedding: cached by image_id when possible, else decoded and embedded.
 
     Decoded images are remembered (`engine.recent_images`) for text prompts that later arrive with only
-    the image_id.
+    the image_id. Ids are the key's own (`owner`): the image_id of an image another key embedded is not found.
     """
     if image_id:
         try:
-            return engine.lookup(image_id, fields.model)
+            return engine.lookup(image_id, fields.model, owner)
         except ImageIdNotFound:
             if upload is None and not fields.image:
                 raise
@@ -72,6 +72,7 @@ async def _embedding(engine: Engine, fields: Any, upload: bytes | None, image_id
     timing["decode_image"] = _ms(start)
     engine.recent_images.put(image)
     result = await engine.embed(image, fields.model)
+    engine.name_image(image.digest, image.digest, owner)
     timing["embed"] = round(result.embed_ms, 3)
     return result
 
@@ -83,13 +84,14 @@ def _segment_results(outputs: list[PromptOutput], fmt: str) -> list[dict[str, An
 @router.post("/v1/embed", openapi_extra=body_schema(EmbedIn), responses={200: {"model": EmbedOut}, **_ERRORS})
 async def embed(request: Request) -> JSONResponse:
     """Embed an image once; later /v1/segment calls pass the returned `image_id` instead of the image."""
-    engine = server_context(request).engine
+    context = server_context(request)
+    engine, owner = context.engine, context.api_key_id(request)
     fields, upload = await read_form_or_json(request)
     body = EmbedIn.model_validate(fields)
 
     async def work() -> tuple[EmbedResult, dict[str, float]]:
         timing: dict[str, float] = {}
-        return await _embedding(engine, body, upload, None, timing), timing
+        return await _embedding(engine, body, upload, None, timing, owner), timing
 
     start = time.perf_counter()
     result, timing = await engine.run(work)
@@ -123,7 +125,7 @@ async def segment(request: Request) -> JSONResponse:
 
     async def work() -> tuple[EmbedResult, list[dict[str, Any]], dict[str, float]]:
         timing: dict[str, float] = {}
-        embedded = await _embedding(engine, body, upload, body.image_id, timing)
+        embedded = await _embedding(engine, body, upload, body.image_id, timing, context.api_key_id(request))
         start = time.perf_counter()
         outputs = await engine.predict(embedded, prompts, body.multimask) if prompts else []
         results = await asyncio.to_thread(_segment_results, outputs, body.format)
@@ -206,6 +208,7 @@ async def auto(request: Request) -> JSONResponse:
         start = time.perf_counter()
         variant = engine.pool.resolve(body.model)
         records = await engine.generate(image, variant, params)
+        engine.name_image(image.digest, image.digest, context.api_key_id(request))
         timing["generate"] = _ms(start)
         start = time.perf_counter()
         encoded = await asyncio.to_thread(_auto_records, records, body.format)

@@ -34,7 +34,8 @@ from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobNotFound, iso8601
 from segany.server.jobs.service import JobKind, JobService
 from segany.server.http.openapi import body_schema
-from segany.server.jobs.storage import StoredFile, StoredFileNotFound
+from segany.server.jobs.webhooks import secret_for_key
+from segany.server.jobs.storage import StoredFile, StoredFileNotFound, check_content_type
 
 PATH_PREFIXES = ("/v1/predictions", "/v1/models", "/v1/files", "/v1/webhooks")
 MODELS: tuple[ReplicateModel, ...] = (replicate_seed.MODEL, replicate_video.MODEL)
@@ -181,7 +182,7 @@ async def _create(request: Request, body: ModelPredictionIn, model: ReplicateMod
                                base_url=base, webhook=webhook, webhook_events=events, meta={"version": model.version},
                                file_keys=keys)
     if wait_s is not None:
-        job = await jobs.runner.wait_async(job.id, wait_s, api_key_id=key_id)
+        job = await jobs.runner.wait_async(job.id, wait_s, api_key_id=key_id, max_waiting=jobs.settings.max_waiting)
     return JSONResponse(prediction_json(job, waited=wait_s is not None), status_code=201, headers=headers)
 
 
@@ -317,16 +318,17 @@ async def create_file(request: Request) -> JSONResponse:
     if isinstance(form.get("metadata"), str):
         try:
             metadata = json.loads(form["metadata"])  # type: ignore[arg-type]
-        except ValueError:
+        except (ValueError, RecursionError):
             metadata = None  # type: ignore[assignment]
         if not isinstance(metadata, dict):
             raise InvalidInput("metadata: expected a JSON object", "metadata")
     name = str(form.get("filename") or upload.filename or "file")[:255]
     suffix = "." + name.rsplit(".", 1)[1].lower() if "." in name else ""
     suffix = suffix if 2 <= len(suffix) <= 11 and suffix[1:].isalnum() else ""
-    content_type = str(form.get("type") or upload.content_type or "application/octet-stream")[:100]
+    content_type = check_content_type(str(form.get("type") or upload.content_type or "application/octet-stream"),
+                                      "type")
     data = await upload.read()
-    key = jobs.storage.put(data, suffix, content_type, name=name, owner=context.api_key_id(request))
+    key = jobs.storage.put(data, suffix, content_type, name=name, owner=context.api_key_id(request), private=True)
     info = jobs.storage.info(key)
     return JSONResponse(file_json(info, jobs, jobs.base_url(request), metadata), status_code=201)
 
@@ -348,8 +350,9 @@ async def delete_file(file_id: str, request: Request) -> Response:
 
 @router.get("/v1/webhooks/default/secret", responses={200: {"model": dict[str, str]}, **_ERRORS})
 async def webhook_secret(request: Request) -> JSONResponse:
-    """The `whsec_...` key the server signs webhooks with."""
-    return JSONResponse({"key": server_context(request).jobs.signing_secret})
+    """The `whsec_...` key this API key's webhooks are signed with (each key has its own)."""
+    context = server_context(request)
+    return JSONResponse({"key": secret_for_key(context.jobs.signing_secret, context.api_key_id(request))})
 
 
 DIALECT = Dialect("replicate", router, PATH_PREFIXES, error_response, renders_http_errors=True,

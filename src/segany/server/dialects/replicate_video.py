@@ -37,6 +37,7 @@ from segany.server.http.image_source import check_url_allowed, classify, fetch_i
 from segany.server.jobs.errors import StoredFileNotFound
 from segany.server.jobs.service import JobService
 from segany.server.jobs.store import Job
+from segany.server.jobs.storage import read_owned
 from segany.server.jobs.workers import JobContext
 
 KIND = "replicate_video"
@@ -64,9 +65,7 @@ def _data_uri_bytes(text: str) -> tuple[bytes, str]:
 
 def _stored(jobs: JobService, key: str, upload: bool, api_key_id: str | None) -> bytes:
     try:
-        if upload and jobs.storage.info(key).owner != api_key_id:
-            raise StoredFileNotFound(key)
-        return jobs.storage.get(key)
+        return read_owned(jobs.storage, key, api_key_id, upload)
     except StoredFileNotFound:
         raise InvalidInput(f"{FIELD}: no file {key[:80]!r} on this server (expired or deleted?)", FIELD) from None
 

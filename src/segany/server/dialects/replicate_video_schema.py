@@ -91,7 +91,7 @@ def _coordinates(text: str) -> list[list[float]]:
     name = _field("click_coordinates")
     try:
         parsed = json.loads("[" + text.strip() + "]") if text.strip() else []
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidPrompt(f"{name}: expected '[x,y],[x,y],...', got {text[:60]!r}", name) from None
     if len(parsed) == 1 and isinstance(parsed[0], list) and parsed[0] and isinstance(parsed[0][0], list):
         parsed = parsed[0]  # "[[x,y],[x,y]]": the same clicks with outer brackets

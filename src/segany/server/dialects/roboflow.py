@@ -28,7 +28,8 @@ from segany.server.dialects.roboflow_io import binary_response, decode_request_i
 from segany.server.context import server_context
 from segany.server.dialects.dialect import Dialect
 from segany.server.engine.engine import EmbedResult, Engine, Prompt
-from segany.server.http.errors import ErrorInfo, ImageIdNotFound
+from segany.server.http.auth import key_id
+from segany.server.http.errors import ErrorInfo
 from segany.server.http.limits import Limits
 from segany.server.engine.logits_cache import PromptKey
 from segany.server.http.openapi import body_schema
@@ -146,21 +147,29 @@ async def _json_body(request: Request, model: type[BaseModel]) -> Any:
     return model.model_validate_json(await request.body() or b"{}")
 
 
-async def _embedded(engine: Engine, request: Sam2Request, image: InferenceImage | None) -> EmbedResult:
-    """Cached embedding by image_id first (no image decode at all), else decode, embed, alias the id."""
+def _owner(request: Request, body: Sam2Request) -> str | None:
+    """The request's key id: from its headers or query, else the body's `api_key` (inference_sdk's habit)."""
+    context = server_context(request)
+    found = context.api_key_id(request)
+    if found is None and context.settings.api_keys and isinstance(body.api_key, str) and body.api_key:
+        found = key_id(body.api_key)  # the middleware has already checked that it is a configured key
+    return found
+
+
+async def _embedded(engine: Engine, request: Sam2Request, image: InferenceImage | None,
+                    owner: str | None) -> EmbedResult:
+    """The attached image (decoded, embedded, and named `image_id` for this key: a resend under the same id
+    updates it), else the cached embedding this key named `image_id`."""
     model = _variant_name(request)
-    if request.image_id:
-        try:
-            return engine.lookup(request.image_id, model)
-        except ImageIdNotFound:
-            if image is None:
-                raise
     if image is None:
+        if request.image_id:
+            return engine.lookup(request.image_id, model, owner)
         raise InvalidInput("image: send an image, or the image_id of an embedded one", "image")
     decoded = await decode_request_image(engine, image.type, image.value)
     result = await engine.embed(decoded, model)
+    engine.name_image(decoded.digest, decoded.digest, owner)
     if request.image_id:
-        engine.cache.add_alias(request.image_id, decoded.digest)
+        engine.name_image(request.image_id, decoded.digest, owner)
     return result
 
 
@@ -174,7 +183,7 @@ async def embed_image(request: Request) -> JSONResponse:
     engine = server_context(request).engine
     body: Sam2EmbeddingRequest = await _json_body(request, Sam2EmbeddingRequest)
     started = time.perf_counter()
-    result = await engine.run(lambda: _embedded(engine, body, body.image))
+    result = await engine.run(lambda: _embedded(engine, body, body.image, _owner(request, body)))
     return JSONResponse({"image_id": body.image_id or result.image_id, "time": time.perf_counter() - started})
 
 
@@ -207,11 +216,12 @@ async def segment_image(request: Request) -> Response:
     logits_cache = engine.logits_cache
     body: Sam2SegmentationRequest = await _json_body(request, Sam2SegmentationRequest)
     prompts = _prompts(body, limits)
+    owner = _owner(request, body)
     keys = [PromptKey.of(p.points_xy, p.labels, p.box_xyxy) for p in prompts]
     started = time.perf_counter()
 
     async def work() -> Response:
-        embedded = await _embedded(engine, body, body.image)
+        embedded = await _embedded(engine, body, body.image, owner)
         ready = list(prompts)
         if body.load_logits_from_cache and body.mask_input is None:
             for index, prompt in enumerate(ready):

@@ -23,6 +23,24 @@ from segany.server.http.mask_encoding import finite_float
 _NPY_MAGIC = b"\x93NUMPY"
 
 
+def _check_npy_header(raw: bytes, max_pixels: int) -> None:
+    """Refuse an `.npy` whose header declares more than an (H, W, 4) image of `max_pixels`, or more data
+    than it holds, before NumPy allocates the declared shape."""
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(stream)
+    except (ValueError, SyntaxError, TypeError) as error:
+        raise InvalidImage(f"image: unreadable .npy header ({error})", "image") from None
+    count = int(np.prod(shape, dtype=object))
+    if count > 4 * max_pixels:
+        raise InvalidImage(f"image: the .npy array has shape {tuple(shape)}, more than the pixel limit of "
+                           f"{max_pixels}", "image")
+    if count * dtype.itemsize > len(raw):
+        raise InvalidImage(f"image: the .npy header declares shape {tuple(shape)} but the data is shorter", "image")
+
+
 def _numpy_image(value: Any, max_pixels: int) -> np.ndarray:
     if isinstance(value, list):
         try:
@@ -37,6 +55,7 @@ def _numpy_image(value: Any, max_pixels: int) -> np.ndarray:
         if not raw.startswith(_NPY_MAGIC):
             raise InvalidImage("image: numpy input must be a nested list or base64 of an .npy file "
                                "(pickles are refused)", "image")
+        _check_npy_header(raw, max_pixels)
         try:
             return np.load(io.BytesIO(raw), allow_pickle=False)
         except ValueError as error:

@@ -43,6 +43,7 @@ from segany.server.http.limits import Limits
 from segany.server.jobs.job_images import load_job_image, prepare_image
 from segany.server.jobs.service import JobKind, JobService
 from segany.server.jobs.store import Job, JobNotFound, JobStatus, iso8601
+from segany.server.jobs.storage import read_owned
 from segany.server.http.openapi import body_schema
 from segany.server.jobs.workers import JobContext
 
@@ -99,7 +100,7 @@ def parse_points(value: str | list[Any] | None, field: str) -> np.ndarray:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidPrompt(expected, field) from None
     if isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value):
         value = [value]
@@ -172,7 +173,10 @@ async def sam_v2_image(request: Request) -> Response:
     source = classify(fields.image, "image", base_url=jobs.base_url(request))
 
     async def work() -> bytes:
-        return await segment_jpeg(context.engine, fields, await source.decode(context.engine, jobs.storage.get))
+        def read(key: str) -> bytes:  # another key's upload looks absent
+            return read_owned(jobs.storage, key, key_id, source.upload)
+
+        return await segment_jpeg(context.engine, fields, await source.decode(context.engine, read))
 
     try:
         jpeg = await context.engine.run(work)

@@ -1,8 +1,10 @@
 """Embedding cache: an LRU bounded in bytes, keyed by (model variant, digest of the decoded pixels).
 
 Shared by every dialect, so a Roboflow click on an image first embedded through the native API (or
-Livepeer, or the web page) costs a decode only. Client-chosen ids (Roboflow's `image_id`) are kept as
-aliases of a digest in a bounded map beside it.
+Livepeer, or the web page) costs a decode only. Image ids are kept per API key (`owner`, a key id) in a
+bounded map beside it: a client-chosen id (Roboflow's `image_id`) or a native digest id resolves only for
+the key that embedded that image, so one key can neither use nor squat another key's ids. With auth off
+(owner None) a digest id resolves for everyone: there is one tenant.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self.max_aliases = max_aliases
         self._entries: OrderedDict[CacheKey, ImageEmbedding] = OrderedDict()
-        self._aliases: OrderedDict[str, str] = OrderedDict()
+        self._aliases: OrderedDict[tuple[str | None, str], str] = OrderedDict()  # (owner, image id) -> digest
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -76,18 +78,23 @@ class EmbeddingCache:
             self._bytes += size
             return True
 
-    def add_alias(self, alias: str, digest: str) -> None:
-        """Let `alias` (a client's image id) stand for `digest`; the oldest aliases are forgotten first."""
+    def add_alias(self, alias: str, digest: str, owner: str | None = None) -> None:
+        """Let `alias` stand for `digest` for the key `owner` (a later call moves it: a resend under the same
+        id updates it); the oldest aliases are forgotten first."""
         with self._lock:
-            self._aliases.pop(alias, None)
-            self._aliases[alias] = digest
+            self._aliases.pop((owner, alias), None)
+            self._aliases[(owner, alias)] = digest
             while len(self._aliases) > self.max_aliases:
                 self._aliases.popitem(last=False)
 
-    def resolve(self, image_id: str) -> str:
-        """The digest an alias stands for, or `image_id` itself (native ids are digests)."""
+    def resolve(self, image_id: str, owner: str | None = None) -> str | None:
+        """The digest `image_id` stands for, for `owner`; None when that key never named it. With no owner
+        (auth off) an unknown id is taken as a digest itself (native ids are digests)."""
         with self._lock:
-            return self._aliases.get(image_id, image_id)
+            digest = self._aliases.get((owner, image_id))
+            if digest is not None:
+                self._aliases.move_to_end((owner, image_id))
+            return image_id if digest is None and owner is None else digest
 
     def clear(self) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from segany.server.engine.detector_pool import DetectorPool
 from segany.server.engine.logits_cache import LogitsCache
 from segany.server.engine.recent_images import RecentImages
 from segany.server.engine.types import DecodedImage, EmbedResult, Prompt, PromptOutput
-from segany.server.http.errors import ImageIdNotFound, RequestTimeout, ServerBusy
+from segany.server.http.errors import ImageIdNotFound, RequestTimeout, ServerBusy, WorkAbandoned
 from segany.server.http.limits import Limits
 from segany.server.http.metrics import ServerMetrics
 from segany.server.engine.model_pool import ModelLoader, ModelPool
@@ -111,6 +112,10 @@ class Engine:
                                     settings.decode_batch_wait_ms / 1000, weight=lambda job: len(job.prompts))
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
         self._active = 0
+        # Work whose request has gone (timed out, cancelled) but whose thread has not reached its next batch
+        # boundary yet: it still holds a lane, so it counts in the queue depth and against `max_queue`.
+        self._orphans: set[int] = set()
+        self._orphan_lock = threading.Lock()
         self._seconds_per_request = 0.5  # running average, for Retry-After
         self.load_error: str | None = None
         self._preload_task: asyncio.Task | None = None
@@ -151,17 +156,18 @@ class Engine:
     # ---- admission -----------------------------------------------------------------------------
     @property
     def active_requests(self) -> int:
-        return self._active
+        """Requests in inference, plus abandoned work still running to its next batch boundary."""
+        return self._active + len(self._orphans)
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run one request's inference under the queue bound and the per-request timeout."""
-        if self._active >= self.settings.max_queue:
+        if self.active_requests >= self.settings.max_queue:
             self.metrics.rejected.inc(reason="queue_full")
             retry = math.ceil(self._seconds_per_request * self._active / max(1, self.settings.embed_batch_size))
             raise ServerBusy(f"the server is busy ({self._active} requests in progress); retry later",
                              retry_after_s=max(1, min(retry, 60)))
         self._active += 1
-        self.metrics.queue_depth.set(self._active)
+        self.metrics.queue_depth.set(self.active_requests)
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(work(), self.settings.request_timeout_s)
@@ -170,7 +176,7 @@ class Engine:
             raise RequestTimeout(f"the request took longer than {self.settings.request_timeout_s:g} s") from None
         finally:
             self._active -= 1
-            self.metrics.queue_depth.set(self._active)
+            self.metrics.queue_depth.set(self.active_requests)
             elapsed = time.perf_counter() - started
             self._seconds_per_request = 0.9 * self._seconds_per_request + 0.1 * elapsed
 
@@ -218,17 +224,22 @@ class Engine:
         self.metrics.embed_seconds.observe(seconds)
         self.metrics.embed_batch.observe(count)
 
-    def lookup(self, image_id: str, model: str | None = None) -> EmbedResult:
-        """A cached embedding by image id (a digest or a client alias); `ImageIdNotFound` if absent."""
-        digest = self.cache.resolve(image_id)
-        variants = [self.pool.resolve(model)] if model else self.cache.variants_of(digest)
+    def name_image(self, image_id: str, digest: str, owner: str | None) -> None:
+        """Let the key `owner` refer to the image `digest` as `image_id` (its digest, or an alias it chose)."""
+        self.cache.add_alias(image_id, digest, owner)
+
+    def lookup(self, image_id: str, model: str | None = None, owner: str | None = None) -> EmbedResult:
+        """A cached embedding by image id (a digest or a client alias) named by the key `owner` (see
+        `name_image`); `ImageIdNotFound` if absent, or named only by another key (which looks the same)."""
+        digest = self.cache.resolve(image_id, owner)
+        variants = [] if digest is None else [self.pool.resolve(model)] if model else self.cache.variants_of(digest)
         if not model and self.pool.default_variant in variants:
             variants = [self.pool.default_variant]
         for variant in variants:
-            embedding = self.cache.get(variant, digest)
+            embedding = self.cache.get(variant, digest)  # type: ignore[arg-type]
             if embedding is not None:
                 self._count_lookup(True)
-                return EmbedResult(embedding, digest, variant, True, 0.0)
+                return EmbedResult(embedding, digest, variant, True, 0.0)  # type: ignore[arg-type]
         self._count_lookup(False)
         raise ImageIdNotFound(f"image_id {image_id[:100]!r} is not in the embedding cache (never embedded, "
                               "evicted, or embedded with another model); send the image again")
@@ -246,6 +257,7 @@ class Engine:
         """Decode `prompts` (in order) on one embedding; same-shaped prompts share a decoder batch."""
         if not prompts:
             raise InvalidPrompt("prompts: give at least one prompt", "prompts")
+        self.limits.check_prompts(prompts)  # every dialect's prompts, whatever it checked itself
         predictor = await self.pool.get(embedded.variant)
         groups: dict[tuple, list[int]] = {}
         for index, prompt in enumerate(prompts):
@@ -270,6 +282,7 @@ class Engine:
 
     async def predict_raw(self, embedded: EmbedResult, **arrays: Any) -> Prediction:
         """One official-style `Predictor.predict` call (Livepeer's arrays as given), in the decode lane."""
+        self.limits.check_raw_arrays(arrays.get("point_coords"), arrays.get("box"))
         predictor = await self.pool.get(embedded.variant)
         return await self.decode_lane.run_in_thread(lambda: predictor.predict(embedded.embedding, **arrays))
 
@@ -333,10 +346,41 @@ class Engine:
         predictor = await self.pool.get(variant)
         generator = MaskGenerator(CachingPredictor(predictor, self.cache, self._count_lookup), **params)
 
+        stop, running = threading.Event(), threading.Event()
+
+        def check(done: int, total: int) -> None:  # between point batches: the cancellation point
+            if stop.is_set():
+                raise WorkAbandoned(f"automatic mask generation stopped after {done} of {total} batches")
+
         def work() -> list[dict[str, Any]]:
+            running.set()
             started = time.perf_counter()
-            records = generator.generate(image.rgb)
+            try:
+                check(0, 0)  # abandoned while it waited for the lane: never start
+                records = generator.generate(image.rgb, progress=check)
+            finally:
+                self._release_orphan(stop, running)
             self.metrics.auto_seconds.observe(time.perf_counter() - started)
             return records
 
-        return await self.embed_lane.run_in_thread(work)
+        return await self._abandonable(self.embed_lane.run_in_thread(work), stop, running)
+
+    async def _abandonable(self, pending: Awaitable[T], stop: threading.Event, running: threading.Event) -> T:
+        """Await thread work that checks `stop` at its batch boundaries. When the request is cancelled
+        (timeout, disconnect, job limit) the work is told to stop and, until it has, counts as running."""
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            with self._orphan_lock:
+                stop.set()
+                if running.is_set():  # (work not started, or already finished, holds nothing)
+                    self._orphans.add(id(stop))
+                    self.metrics.queue_depth.set(self._active + len(self._orphans))
+            raise
+
+    def _release_orphan(self, stop: threading.Event, running: threading.Event) -> None:
+        with self._orphan_lock:
+            running.clear()  # finished: a cancellation arriving from now on has nothing to wait for
+            if id(stop) in self._orphans:
+                self._orphans.discard(id(stop))
+                self.metrics.queue_depth.set(self._active + len(self._orphans))

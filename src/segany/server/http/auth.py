@@ -13,7 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qs
 
@@ -32,11 +32,16 @@ PUBLIC_PAGE_PREFIXES = ("/static/", "/files/", "/docs/assets/")
 BODY_KEY_PREFIXES = ("/sam2/",)
 
 
+MISSING_KEY = ("an API key is required: send 'Authorization: Bearer <key>' (or 'Authorization: Token <key>', "
+               "'x-api-key: <key>', or ?api_key=<key>)")
+UNKNOWN_SCHEME = "the Authorization scheme {scheme!r} is not accepted: send 'Authorization: Bearer <key>'"
+
+
 def key_from_headers(headers: Mapping[str, str]) -> str | None:
     """The key from `Authorization: Bearer|Basic`, `x-api-key` or `Token`; header names lower-case."""
     authorization = headers.get("authorization", "")
     scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
+    if scheme.lower() in ("bearer", "token") and credentials.strip():  # "Token": Django REST / Label Studio style
         return credentials.strip()
     if scheme.lower() == "basic" and credentials.strip():
         return _basic_auth_key(credentials.strip())
@@ -58,14 +63,15 @@ def key_from_query(query_string: str) -> str | None:
     return values[0] if values and values[0] else None
 
 
+# The body is not parsed before the key is known: a nested or huge JSON document from a keyless client would
+# cost a full parse (or a RecursionError). A key is a short plain string, found by this pattern instead.
+_BODY_KEY = re.compile(rb'"api_key"\s*:\s*"([!#-\[\]-~]{1,256})"')
+
+
 def key_from_json_body(body: bytes) -> str | None:
-    """`api_key` of a JSON object body, or None when the body is not such an object."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    key = document.get("api_key") if isinstance(document, dict) else None
-    return key if isinstance(key, str) and key else None
+    """The `api_key` string of a JSON body, found without parsing it; None when there is none."""
+    found = _BODY_KEY.search(body)
+    return found.group(1).decode("ascii") if found else None
 
 
 def is_valid_key(candidate: str | None, keys: Iterable[str]) -> bool:
@@ -85,16 +91,33 @@ def needs_key(path: str, keys: tuple[str, ...], method: str = "POST") -> bool:
     return not (method in ("GET", "HEAD") and (path == "/" or path.startswith(PUBLIC_PAGE_PREFIXES)))
 
 
+def header_key(headers: Mapping[str, str], query_string: str) -> str | None:
+    return key_from_headers(headers) or key_from_query(query_string)
+
+
+def wants_body_key(path: str, headers: Mapping[str, str], query_string: str, keys: tuple[str, ...],
+                   method: str = "POST") -> bool:
+    """True when only the body can hold this request's key (a body-key route sent no header or query key)."""
+    return (needs_key(path, keys, method) and path.startswith(BODY_KEY_PREFIXES)
+            and header_key(headers, query_string) is None)
+
+
 def check_request(path: str, headers: Mapping[str, str], query_string: str, body: bytes | None,
                   keys: tuple[str, ...], method: str = "POST") -> None:
-    """Raise `Unauthorized` unless the request carries a configured key (or the route is public)."""
+    """Raise `Unauthorized` unless the request carries a configured key (or the route is public).
+
+    `body` is the start of the body on body-key routes (see `wants_body_key`), else None: the middleware
+    calls this before it reads any body."""
     if not needs_key(path, keys, method):
         return
-    candidate = key_from_headers(headers) or key_from_query(query_string)
+    candidate = header_key(headers, query_string)
     if candidate is None and body and path.startswith(BODY_KEY_PREFIXES):
         candidate = key_from_json_body(body)
     if candidate is None:
-        raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
+        scheme = headers.get("authorization", "").partition(" ")[0]
+        if scheme and scheme.lower() not in ("bearer", "token", "basic"):
+            raise Unauthorized(UNKNOWN_SCHEME.format(scheme=scheme[:20]))
+        raise Unauthorized(MISSING_KEY)
     if not is_valid_key(candidate, keys):
         raise Unauthorized("the API key is not valid")
 

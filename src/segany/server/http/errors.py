@@ -40,6 +40,10 @@ class PayloadTooLarge(InvalidInput):
     """The request body is larger than `max_body_mb`."""
 
 
+class BodyTimeout(InvalidInput):
+    """The request body did not arrive within `body_timeout_s` (a trickled or stalled upload)."""
+
+
 class ImageIdNotFound(InvalidInput):
     """An `image_id` that is not (or no longer) in the embedding cache."""
 
@@ -78,10 +82,15 @@ class RequestTimeout(SeganyError):
     """The request did not finish within `request_timeout_s`."""
 
 
+class WorkAbandoned(RequestTimeout):
+    """Raised inside abandoned work at its next batch boundary, so that its thread stops computing."""
+
+
 # Ordered most specific first: `describe` takes the first row the exception is an instance of.
 ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (Unauthorized, 401, "unauthorized"),
     (PayloadTooLarge, 413, "payload_too_large"),
+    (BodyTimeout, 408, "body_timeout"),
     (ImageTooLarge, 413, "image_too_large"),
     (ImageIdNotFound, 404, "image_id_not_found"),
     (VideoSessionNotFound, 404, "session_not_found"),
@@ -102,6 +111,8 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (CheckpointError, 404, "model_unavailable"),
     (MissingExtra, 501, "missing_extra"),
     (ServerBusy, 503, "server_busy"),
+    # JSON inside a form field nested too deeply for the parser (JSON bodies are refused earlier, by depth).
+    (RecursionError, 400, "too_deeply_nested"),
     (RequestTimeout, 504, "timeout"),
 )
 
@@ -145,6 +156,8 @@ def describe(exc: BaseException) -> ErrorInfo:
         message, field_name = validation_message(exc.errors(include_url=False))
     elif isinstance(exc, RequestValidationError):
         message, field_name = validation_message(exc.errors())
+    elif isinstance(exc, RecursionError):
+        message, field_name = "the request holds JSON nested too deeply to parse", None
     else:
         message, field_name = str(exc) or code.replace("_", " "), getattr(exc, "field", None)
     if isinstance(exc, Unauthorized):

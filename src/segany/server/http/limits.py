@@ -7,12 +7,21 @@ prompt counts and AMG grid sizes are checked here before any inference is queued
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from segany.errors import InvalidInput, InvalidPrompt
-from segany.server.http.errors import PayloadTooLarge
+from segany.server.http.errors import BodyTimeout, PayloadTooLarge
 from segany.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from segany.server.engine.types import Prompt
 
 Receive = Callable[[], Awaitable[dict]]
 
@@ -40,6 +49,27 @@ class Limits:
             raise InvalidPrompt(
                 f"{field}: {count} points in one prompt, more than the limit of {self.max_points_per_prompt}", field
             )
+
+    def check_prompts(self, prompts: Sequence[Prompt], field: str = "prompts") -> None:
+        """Prompt count and points per prompt of engine `Prompt`s (every dialect's prompts end up as these)."""
+        self.check_prompt_count(len(prompts), field)
+        for index, prompt in enumerate(prompts):
+            if prompt.points_xy is not None:
+                self.check_point_count(len(prompt.points_xy), f"{field}[{index}].points")
+
+    def check_raw_arrays(self, point_coords: np.ndarray | None, box: np.ndarray | None) -> None:
+        """Official-predictor arrays: point_coords (N, 2) or (B, N, 2), box (4,) or (B, 4)."""
+        if point_coords is not None:
+            coords = np.asarray(point_coords)
+            if coords.ndim >= 3:
+                self.check_prompt_count(int(np.prod(coords.shape[:-2])), "point_coords")
+            if coords.ndim >= 2:
+                self.check_point_count(int(coords.shape[-2]), "point_coords")
+            elif coords.size > 2 * self.max_points_per_prompt:
+                self.check_point_count(coords.size // 2, "point_coords")
+        if box is not None:
+            boxes = np.asarray(box)
+            self.check_prompt_count(int(np.prod(boxes.shape[:-1])) if boxes.ndim >= 2 else 1, "box")
 
     def check_auto_grid(self, points_per_side: int | None, crop_n_layers: int, downscale: int,
                         explicit_points: int | None = None) -> None:
@@ -69,22 +99,72 @@ class Limits:
             )
 
 
-async def read_body_limited(receive: Receive, max_bytes: int, declared_length: int | None) -> bytes:
-    """Read the whole ASGI request body, raising `PayloadTooLarge` as soon as it exceeds `max_bytes`."""
-    if declared_length is not None and declared_length > max_bytes:
-        raise PayloadTooLarge(f"the request body is {declared_length} bytes, more than the limit of {max_bytes}",
-                              "body")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
+MAX_JSON_DEPTH = 64  # no request format nests deeper than ~6; Python's json recursion fails near 1000
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # unrolled: one pass per string, no backtracking
+
+
+def check_json_depth(body: bytes, max_depth: int = MAX_JSON_DEPTH, field: str = "body") -> None:
+    """Refuse a JSON text nested deeper than `max_depth` (InvalidInput, a 400) before any parser recurses.
+
+    Strings are dropped first (brackets inside them do not nest); the depth is the running sum of
+    openers minus closers, computed with NumPy so a 32 MB body costs milliseconds."""
+    if b"[" not in body and b"{" not in body:
+        return
+    stripped = np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)
+    steps = (np.isin(stripped, _OPENERS).astype(np.int32) - np.isin(stripped, _CLOSERS).astype(np.int32))
+    depth = int(np.cumsum(steps).max(initial=0))
+    if depth > max_depth:
+        raise InvalidInput(f"{field}: JSON nested {depth} levels deep, more than the limit of {max_depth}", field)
+
+
+_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
+
+
+class BodyReader:
+    """Reads one ASGI request body under a size limit (`PayloadTooLarge`) and a deadline (`BodyTimeout`)."""
+
+    def __init__(self, receive: Receive, max_bytes: int, declared_length: int | None, timeout_s: float) -> None:
+        if declared_length is not None and declared_length > max_bytes:
+            raise PayloadTooLarge(f"the request body is {declared_length} bytes, more than the limit of {max_bytes}",
+                                  "body")
+        self.receive = receive
+        self.max_bytes = max_bytes
+        self.deadline = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.done = False
+
+    async def _next(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        try:
+            message = await asyncio.wait_for(self.receive(), max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            raise BodyTimeout(f"body: the request body did not arrive within {self.timeout_s:g} s", "body") from None
         if message["type"] == "http.disconnect":
-            break
+            self.done = True
+            return
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"the request body is more than the limit of {max_bytes} bytes", "body")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge(f"the request body is more than the limit of {self.max_bytes} bytes", "body")
+        self.chunks.append(chunk)
+        self.done = not message.get("more_body", False)
+
+    async def read_up_to(self, count: int) -> bytes:
+        """At least `count` bytes of the body (fewer if it is shorter), read so far."""
+        while not self.done and self.size < count:
+            await self._next()
+        return b"".join(self.chunks)
+
+    async def read_all(self) -> bytes:
+        while not self.done:
+            await self._next()
+        return b"".join(self.chunks)
+
+
+async def read_body_limited(receive: Receive, max_bytes: int, declared_length: int | None,
+                            timeout_s: float = 60.0) -> bytes:
+    """Read the whole ASGI request body, raising `PayloadTooLarge` as soon as it exceeds `max_bytes`."""
+    return await BodyReader(receive, max_bytes, declared_length, timeout_s).read_all()

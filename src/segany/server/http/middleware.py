@@ -1,8 +1,9 @@
-"""ASGI middleware in front of every route: body-size limit, API keys, request metrics, weights header.
+"""ASGI middleware in front of every route: API keys, body-size and body-time limits, JSON depth, request
+metrics, the weights and nosniff headers.
 
-The body is read here (up to `max_body_mb`, refused with 413 as soon as it is larger) and replayed to
-the route, so an oversized or unauthenticated upload is rejected before any parsing. Errors are
-rendered in the dialect of the requested path.
+The key is checked before any body byte is read (on the Roboflow body-key routes, from at most the first
+64 KiB); then the body is read (up to `max_body_mb`, 413 as soon as it is larger; 408 past `body_timeout_s`),
+its JSON nesting bounded, and it is replayed to the route. Errors are rendered in the dialect of the path.
 """
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from segany.server.http.auth import check_request
+from segany.server.http.auth import check_request, wants_body_key
 from segany.server.http.errors import ErrorInfo, SeganyError, describe
-from segany.server.http.limits import read_body_limited
+from segany.server.http.limits import BodyReader, check_json_depth
 from segany.server.http.metrics import ServerMetrics
 
 Scope = dict[str, Any]
@@ -25,6 +26,8 @@ WeightsSource = Callable[[], str | None]  # "official" | "file" | "random" of th
 WEIGHTS_HEADER = "x-segany-weights"
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+BODY_KEY_SCAN_BYTES = 64 * 1024  # inference_sdk puts api_key before the image, within the first few hundred bytes
+NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -33,8 +36,9 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 class GuardMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_keys: tuple[str, ...], metrics: ServerMetrics,
-                 render_error: ErrorRenderer, weights: WeightsSource | None = None) -> None:
+                 render_error: ErrorRenderer, weights: WeightsSource | None = None, body_timeout_s: float = 60.0) -> None:
         self.app = app
+        self.body_timeout_s = body_timeout_s
         self.weights = weights
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys
@@ -53,9 +57,11 @@ class GuardMiddleware:
                 status["code"] = message["status"]
                 # Every answer says where the model's weights came from: random weights give noise masks.
                 source = self.weights() if self.weights is not None else None
+                extra = [] if any(name.lower() == NOSNIFF[0] for name, _ in message.get("headers", [])) else [NOSNIFF]
                 if source:
-                    message = {**message, "headers": [*message.get("headers", []),
-                                                      (WEIGHTS_HEADER.encode(), source.encode("latin-1"))]}
+                    extra.append((WEIGHTS_HEADER.encode(), source.encode("latin-1")))
+                # No answer is ever content-sniffed into a script or page (stored files included).
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:
@@ -68,15 +74,26 @@ class GuardMiddleware:
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        method = scope.get("method", "GET")
         headers = _headers(scope)
+        query = scope.get("query_string", b"").decode("latin-1")
         body: bytes | None = None
         try:
-            if scope.get("method") in _BODY_METHODS:
+            if method in _BODY_METHODS:
                 length = headers.get("content-length")
                 declared = int(length) if length and length.isdigit() else None
-                body = await read_body_limited(receive, self.max_body_bytes, declared)
-            check_request(path, headers, scope.get("query_string", b"").decode("latin-1"), body, self.api_keys,
-                          scope.get("method", "GET"))
+                reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
+                if wants_body_key(path, headers, query, self.api_keys, method):
+                    # Only a bounded start of an unauthenticated body is read to find its key.
+                    head = await reader.read_up_to(BODY_KEY_SCAN_BYTES)
+                    check_request(path, headers, query, head, self.api_keys, method)
+                else:
+                    check_request(path, headers, query, None, self.api_keys, method)  # before any body byte
+                body = await reader.read_all()
+                if "json" in headers.get("content-type", "json"):  # JSON bodies (and untyped ones routes parse)
+                    check_json_depth(body)
+            else:
+                check_request(path, headers, query, None, self.api_keys, method)
         except SeganyError as error:
             response = self.render_error(path, describe(error))
             await response(scope, receive, send)

@@ -17,6 +17,7 @@ from segany.server.http.image_source import ImageSource, check_url_allowed, clas
 from segany.server.jobs.errors import StoredFileNotFound
 from segany.server.jobs.service import JobService
 from segany.server.jobs.store import Job
+from segany.server.jobs.storage import read_owned
 
 
 class PreparedImage(NamedTuple):
@@ -27,10 +28,7 @@ class PreparedImage(NamedTuple):
 
 def _stored_bytes(jobs: JobService, key: str, upload: bool, api_key_id: str | None, field: str) -> bytes:
     try:
-        info = jobs.storage.info(key)
-        if upload and info.owner != api_key_id:
-            raise StoredFileNotFound(key)
-        return jobs.storage.get(key)
+        return read_owned(jobs.storage, key, api_key_id, upload)
     except StoredFileNotFound:
         raise InvalidImage(f"{field}: no file {key[:80]!r} on this server (expired or deleted?)", field) from None
 

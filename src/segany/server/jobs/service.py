@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 from fastapi import Request
 
 from segany.server.engine.engine import Engine
-from segany.server.http.errors import RequestTimeout
+from segany.server.http.errors import RequestTimeout, ServerBusy
 from segany.server.http.limits import Limits
 from segany.server.jobs.database import Database
 from segany.server.jobs.quotas import Quotas
@@ -114,6 +114,13 @@ class JobService:
         if webhook is not None:
             validate_webhook_url(webhook, allow_private=self.settings.webhook_allow_private)
         events = parse_events_filter(None if webhook_events is None else list(webhook_events))
+        pending = self.store.count_unfinished()
+        if pending >= self.settings.max_pending_jobs:  # backpressure: the queue is bounded, like inference's
+            for key in file_keys:
+                self.storage.delete(key)
+            retry = max(1, min(60, pending // max(1, self.settings.job_workers)))
+            raise ServerBusy(f"{pending} jobs are queued or running, the most this server takes; retry later",
+                             retry_after_s=retry)
         headers = self.charge(api_key_id)
         try:
             job, _ = self.runner.submit(kind=kind, id=job_id, model=model, input=dict(input),

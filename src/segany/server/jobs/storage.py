@@ -43,6 +43,7 @@ class StoredFile:
     owner: str | None = None  # API key id of the uploader, for access checks
     sha256: str | None = None
     md5: str | None = None
+    private: bool = False  # a client's upload: readable only with its owner's key, never at /files/ without it
 
 
 @runtime_checkable
@@ -50,7 +51,7 @@ class Storage(Protocol):
     """A place for files addressed by opaque, unguessable keys."""
 
     def put(self, data: bytes, suffix: str = "", content_type: str | None = None, *, name: str | None = None,
-            owner: str | None = None) -> str:
+            owner: str | None = None, private: bool = False) -> str:
         """Store `data`; returns its new key (which ends with `suffix`, e.g. ".png")."""
         ...
 
@@ -77,11 +78,36 @@ class Storage(Protocol):
         ...
 
 
+def readable_by(info: StoredFile, api_key_id: str | None, upload: bool = False) -> bool:
+    """Whether the key `api_key_id` may read the file: uploads (`private`, or named as one) only by their owner."""
+    return not (info.private or upload) or info.owner == api_key_id
+
+
+def read_owned(storage: Storage, key: str, api_key_id: str | None, upload: bool = False) -> bytes:
+    """The file's bytes for `api_key_id`; another key's upload raises `StoredFileNotFound`, as if absent."""
+    if not readable_by(storage.info(key), api_key_id, upload):
+        raise StoredFileNotFound(f"no stored file {key[:80]!r}")
+    return storage.get(key)
+
+
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY_RE.match(key):
         # Anything else (separators, '..', odd characters) cannot be one of our keys: report it as absent.
         raise StoredFileNotFound(f"no stored file {str(key)[:80]!r}")
     return key
+
+
+# Printable ASCII without CR/LF: a content type is echoed into response headers, which must stay one line
+# of latin-1 text.
+_CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:\s*;[ -~]*)?$")
+
+
+def check_content_type(content_type: str, field: str = "content_type") -> str:
+    """`content_type` if it is a well-formed `type/subtype[; params]` header value, else InvalidInput."""
+    if len(content_type) > 100 or not _CONTENT_TYPE_RE.match(content_type):
+        raise InvalidInput(f"{field}: {content_type[:40]!r} is not a media type like 'image/png' (printable "
+                           "ASCII, one line, at most 100 characters)", field)
+    return content_type
 
 
 def _normal_suffix(suffix: str, content_type: str | None) -> str:
@@ -121,14 +147,16 @@ class LocalStorage:
         return path.with_name(f".{path.name}.json")
 
     def put(self, data: bytes, suffix: str = "", content_type: str | None = None, *, name: str | None = None,
-            owner: str | None = None) -> str:
+            owner: str | None = None, private: bool = False) -> str:
+        if content_type is not None:
+            check_content_type(content_type)
         suffix = _normal_suffix(suffix, content_type)
         key = secrets.token_urlsafe(_TOKEN_BYTES) + suffix
         path = self._path(key)
         path.parent.mkdir(exist_ok=True)
         content_type = content_type or mimetypes.guess_type(f"x{suffix}")[0] or "application/octet-stream"
         record = StoredFile(key=key, size=len(data), content_type=content_type, created_at=time.time(), name=name,
-                            owner=owner, sha256=hashlib.sha256(data).hexdigest(),
+                            owner=owner, private=private, sha256=hashlib.sha256(data).hexdigest(),
                             md5=hashlib.md5(data, usedforsecurity=False).hexdigest())
         write_bytes_atomic(path, bytes(data))
         write_bytes_atomic(self._sidecar(path), json.dumps(asdict(record)).encode())

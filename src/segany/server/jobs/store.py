@@ -267,6 +267,11 @@ class JobStore:
             raise JobNotFound(f"no prediction with id {job_id!r}")
         return Job.from_row(row)
 
+    def count_unfinished(self) -> int:
+        """Jobs queued or running (the submission bound)."""
+        with self.db.transaction() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM jobs WHERE status IN " + _UNFINISHED_SQL).fetchone()[0])
+
     def list(self, *, api_key_id: str | None = None, kind: str | None = None, status: JobStatus | None = None,
              created_before: float | None = None, limit: int = 100) -> list[Job]:
         """Newest first; page with `created_before=<last job's created_at>`."""

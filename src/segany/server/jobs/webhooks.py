@@ -93,6 +93,15 @@ def new_signing_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
+def secret_for_key(secret: str, api_key_id: str | None) -> str:
+    """The `whsec_` secret the webhooks of one API key are signed with: derived from the server's secret, so
+    no key holder can compute (and so forge) another key's signatures. No key (auth off): the server's own."""
+    if api_key_id is None:
+        return secret
+    derived = hmac.new(_secret_bytes(secret), b"segany-webhooks:" + api_key_id.encode(), hashlib.sha256).digest()
+    return "whsec_" + base64.b64encode(derived).decode("ascii")
+
+
 def _secret_bytes(secret: str) -> bytes:
     prefix, _, encoded = secret.partition("_")
     if prefix != "whsec" or not encoded:
@@ -131,6 +140,7 @@ class WebhookSender:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.allow_private = allow_private
+        self._secret_text = signing_secret
         self._secret = None if signing_secret is None else _secret_bytes(signing_secret)
         self._user_agent = user_agent
         # trust_env=False: environment proxies would route around the address rules and loopback receivers.
@@ -139,16 +149,22 @@ class WebhookSender:
         self._client = httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False, verify=verify,
                                     limits=httpx.Limits(max_keepalive_connections=0))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segany-webhook")
-        self._queues: dict[str, deque[tuple[str, bytes, Future[DeliveryResult], DeliveryCallback | None]]] = {}
+        self._queues: dict[str, deque[tuple[str, bytes, Future[DeliveryResult], DeliveryCallback | None,
+                                            str | None]]] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
 
-    def _signature_headers(self, message_id: str, body: bytes) -> dict[str, str]:
+    def secret_for(self, api_key_id: str | None) -> str | None:
+        """The secret one key's webhooks are signed with (see `secret_for_key`); None when unsigned."""
+        return None if self._secret_text is None else secret_for_key(self._secret_text, api_key_id)
+
+    def _signature_headers(self, message_id: str, body: bytes, api_key_id: str | None = None) -> dict[str, str]:
         if self._secret is None:
             return {}
+        secret = _secret_bytes(self.secret_for(api_key_id))  # type: ignore[arg-type]
         timestamp = str(int(time.time()))
         signed = f"{message_id}.{timestamp}.".encode() + body
-        digest = hmac.new(self._secret, signed, hashlib.sha256).digest()
+        digest = hmac.new(secret, signed, hashlib.sha256).digest()
         return {"webhook-id": message_id, "webhook-timestamp": timestamp,
                 "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii")}
 
@@ -168,7 +184,8 @@ class WebhookSender:
         extensions = {"sni_hostname": host} if scheme == "https" else {}
         return urlunsplit((scheme, netloc, parts.path, parts.query, "")), {"host": parts.netloc}, extensions
 
-    def deliver(self, url: str, payload: Mapping[str, Any] | bytes, *, message_id: str | None = None) -> DeliveryResult:
+    def deliver(self, url: str, payload: Mapping[str, Any] | bytes, *, message_id: str | None = None,
+                api_key_id: str | None = None) -> DeliveryResult:
         """POST `payload` (a JSON-able mapping or ready JSON bytes) to `url` until a 2xx or attempts run out."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
         message_id = message_id or "msg_" + secrets.token_hex(12)  # the same id on every retry: receivers dedupe
@@ -183,7 +200,7 @@ class WebhookSender:
             except InvalidInput as exc:  # refused (or unresolvable) now: retrying the same answer cannot help
                 return DeliveryResult(False, attempt - 1, None, str(exc))
             headers = {"content-type": "application/json", "user-agent": self._user_agent, **host_header,
-                       **self._signature_headers(message_id, body)}
+                       **self._signature_headers(message_id, body, api_key_id)}
             try:
                 response = self._client.post(pinned_url, content=body, headers=headers, extensions=extensions)
             except httpx.HTTPError as exc:
@@ -199,7 +216,7 @@ class WebhookSender:
         return DeliveryResult(False, self.attempts, status_code, error)
 
     def send(self, url: str, payload: Mapping[str, Any], *, key: str | None = None,
-             on_done: DeliveryCallback | None = None) -> Future[DeliveryResult]:
+             on_done: DeliveryCallback | None = None, api_key_id: str | None = None) -> Future[DeliveryResult]:
         """Queue a delivery; same-`key` deliveries run one after another in submission order.
 
         The payload is serialised now, so later changes to the job do not leak into this event.
@@ -212,9 +229,9 @@ class WebhookSender:
                 raise RuntimeError("webhook sender is closed")
             queue = self._queues.get(key)
             if queue is not None:  # a drain for this key is running and will pick this up
-                queue.append((url, body, future, on_done))
+                queue.append((url, body, future, on_done, api_key_id))
                 return future
-            self._queues[key] = deque([(url, body, future, on_done)])
+            self._queues[key] = deque([(url, body, future, on_done, api_key_id)])
         self._executor.submit(self._drain, key)
         return future
 
@@ -225,9 +242,9 @@ class WebhookSender:
                 if not queue:
                     del self._queues[key]
                     return
-                url, body, future, on_done = queue.popleft()
+                url, body, future, on_done, owner = queue.popleft()
             try:
-                result = self.deliver(url, body)
+                result = self.deliver(url, body, api_key_id=owner)
             except Exception as exc:  # never let one bad delivery stall the key's queue
                 log.exception("webhook delivery crashed")
                 result = DeliveryResult(False, 0, None, f"{type(exc).__name__}: {exc}")

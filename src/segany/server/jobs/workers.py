@@ -7,6 +7,7 @@ expired jobs and their files (`purge_expired`).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -85,6 +86,7 @@ class JobRunner:
         self._stopping = threading.Event()
         self._work_ready = threading.Event()
         self._done = threading.Condition()
+        self._waiting = 0  # requests in wait_async (event-loop only, so no lock)
         self._done_generation = 0  # bumped on every completion so `wait` never misses a wake-up
 
     def start(self, *, recover: RecoveryPolicy | None = "retry") -> RecoveryReport | None:
@@ -136,11 +138,23 @@ class JobRunner:
                 if generation == self._done_generation:
                     self._done.wait(min(remaining, self._poll_interval_s))
 
-    async def wait_async(self, job_id: str, timeout_s: float, *, api_key_id: str | None = None) -> Job:
-        """`wait` from an event loop without blocking it."""
-        import anyio.to_thread
-
-        return await anyio.to_thread.run_sync(lambda: self.wait(job_id, timeout_s, api_key_id=api_key_id))
+    async def wait_async(self, job_id: str, timeout_s: float, *, api_key_id: str | None = None,
+                         max_waiting: int | None = None) -> Job:
+        """`wait` from an event loop without holding a thread: polls the store (each read a short thread call).
+        With `max_waiting` waiters already, answers at once with the job's current state (the client polls)."""
+        if max_waiting is not None and self._waiting >= max_waiting:
+            timeout_s = 0.0
+        self._waiting += 1
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                job = await asyncio.to_thread(self.store.get, job_id, api_key_id=api_key_id)
+                remaining = deadline - time.monotonic()
+                if job.finished or remaining <= 0:
+                    return job
+                await asyncio.sleep(min(remaining, 0.1))
+        finally:
+            self._waiting -= 1
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -177,7 +191,8 @@ class JobRunner:
     def _send(self, job: Job, on_done: Callable[[DeliveryResult], None] | None = None) -> None:
         assert self.webhooks is not None and job.webhook is not None
         try:
-            self.webhooks.send(job.webhook, self.payload_for(job), key=job.id, on_done=on_done)
+            self.webhooks.send(job.webhook, self.payload_for(job), key=job.id, on_done=on_done,
+                               api_key_id=job.api_key_id)
         except Exception:  # a payload bug or a closed sender must not fail the job itself
             log.exception("could not queue the webhook of prediction %s", job.id)
 
