@@ -144,6 +144,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_ready(url: str, deadline: float, process: subprocess.Popen | None = None,
+                     probe_timeout_s: float = 5.0) -> None:
+    """Poll `url`/readyz until it answers 200; RuntimeError when `process` exits or `deadline` (monotonic) passes."""
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=probe_timeout_s).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {url} did not become ready")
+        time.sleep(0.2)
+
+
 @contextmanager
 def server_process(options: list[str], ready_timeout_s: float = 600) -> Iterator[ServerProcess]:
     """`python -m segany.server OPTIONS` on 127.0.0.1 and a free port, until the block exits."""
@@ -153,18 +169,7 @@ def server_process(options: list[str], ready_timeout_s: float = 600) -> Iterator
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready")
-            time.sleep(0.2)
+        wait_until_ready(url, time.monotonic() + ready_timeout_s, process)
         yield ServerProcess(url, process.pid)
     finally:
         process.terminate()

@@ -18,9 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from _common import REPO, free_port
+from _common import REPO, free_port, wait_until_ready
 
 # Keep 127.0.0.1 as the nodes' address instead of this machine's network address (Ray reads it at import).
 # One authentication token for every node and driver of the run.
@@ -120,15 +118,8 @@ def ray_serve_process(cluster: LocalCluster, replicas: int, options: list[str]) 
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"segany serve --ray failed: {log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.5)
-        while True:  # the proxy learns the new route a moment after the application is up
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=60).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("segany serve --ray did not become ready")
-            time.sleep(0.5)
+        # The proxy learns the new route a moment after the application is up.
+        wait_until_ready(f"http://127.0.0.1:{port}", deadline, probe_timeout_s=60)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.send_signal(signal.SIGINT)
