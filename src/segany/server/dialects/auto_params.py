@@ -5,13 +5,12 @@ Every field is optional: an omitted one takes the server's `--auto-defaults` val
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import ConfigDict, Field, create_model
 
-from segany.errors import InvalidInput
 from segany.predict.amg.params import amg_fields
+from segany.server.http.json_body import parse_json_object
 
 # `output_mode` follows the response format; `max_masks` is the native API's own field.
 GENERATOR_FIELDS = tuple(name for name in amg_fields() if name not in ("output_mode", "max_masks"))
@@ -43,14 +42,9 @@ AutoParams = create_model(
 
 def parse_auto_defaults(text: str | None) -> dict[str, Any]:
     """The `--auto-defaults` JSON object, validated like request parameters."""
-    if not text:
+    document = parse_json_object(text or "", "auto_defaults", empty={})
+    if not document:
         return {}
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError) as error:
-        raise InvalidInput(f"auto_defaults: not valid JSON ({error})", "auto_defaults") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("auto_defaults: expected a JSON object", "auto_defaults")
     return AutoParams.model_validate(document).model_dump(exclude_none=True)
 
 

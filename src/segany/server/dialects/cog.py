@@ -28,7 +28,7 @@ from segany.errors import InvalidInput
 from segany.server.context import server_context
 from segany.server.dialects import replicate_seed
 from segany.server.dialects.dialect import Dialect
-from segany.server.dialects.replicate import json_object_body
+from segany.server.http.json_body import json_object_body
 from segany.server.dialects.replicate_seed import Input, Output
 from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobConflict, JobNotFound, JobStore, check_client_id, iso8601

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from segany.io.images import decode_base64_image
 from segany.server.context import server_context
 from segany.server.dialects.dialect import Dialect
 from segany.server.engine.engine import EmbedResult, Engine
+from segany.server.http.json_body import json_object_body
 from segany.server.http.errors import ErrorInfo
 from segany.server.http.limits import Limits
 from segany.server.http.prompt_fields import make_prompt
@@ -114,12 +114,7 @@ async def _invoke(request: Request, name: str) -> Response:
         raise ModelNotFound(f"function {name!r} does not exist; segany serves {', '.join(_DESCRIPTIONS)}")
     engine: Engine = server_context(request).engine
     limits: Limits = server_context(request).limits
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"body: not valid JSON ({error})", "body") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("body: expected a JSON object", "body")
+    body = await json_object_body(request)
     image_text = body.get("image")
     if not isinstance(image_text, str) or not image_text:
         raise InvalidInput("image: send the frame as base64", "image")

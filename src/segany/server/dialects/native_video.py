@@ -35,6 +35,7 @@ from segany.server.dialects.dialect import Dialect
 from segany.server.dialects.native import error_response
 from segany.server.dialects.native_schemas import ErrorOut
 from segany.server.engine.video_sessions import FrameMasks, VideoSession
+from segany.server.http.json_body import json_object_body
 from segany.server.http.errors import describe
 from segany.server.http.image_source import classify, fetch_image
 
@@ -101,17 +102,6 @@ def session_json(context: ServerContext, session: VideoSession) -> dict[str, Any
             "idle_timeout_s": context.settings.video_session_idle_s}
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    try:
-        document = json.loads(body) if body else {}
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"body: not valid JSON ({error})", "body") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("body: expected a JSON object", "body")
-    return document
-
-
 async def _fetch(context: ServerContext, url: Any) -> bytes:
     """A video by URL, through the one source resolver (fetching on, public addresses only)."""
     source = classify(url, "url", plain_base64=False)
@@ -137,7 +127,7 @@ async def _video_bytes(request: Request, context: ServerContext) -> tuple[bytes,
             return await _fetch(context, form["url"]), model
         raise InvalidInput("video: send the video file in the multipart field 'video' (or a 'url')", "video")
     if content_type == "application/json":
-        body = UrlIn.model_validate(await _json_body(request))
+        body = UrlIn.model_validate(await json_object_body(request, empty={}))
         return await _fetch(context, body.url), body.model
     return await request.body(), request.query_params.get("model")
 
@@ -205,7 +195,7 @@ async def add_prompt(session_id: str, request: Request) -> JSONResponse:
     context = server_context(request)
     owner = context.api_key_id(request)
     video = context.engine.video
-    body = PromptIn.model_validate(await _json_body(request))
+    body = PromptIn.model_validate(await json_object_body(request, empty={}))
     if body.mask is not None:
         if body.points is not None or body.box is not None:
             raise InvalidPrompt("mask: give a mask alone, or points / a box, not both", "mask")
@@ -225,7 +215,7 @@ async def add_prompt(session_id: str, request: Request) -> JSONResponse:
 async def propagate(session_id: str, request: Request) -> StreamingResponse:
     """Track every object through the video, streaming each frame's masks as soon as it is computed."""
     context = server_context(request)
-    body = PropagateIn.model_validate(await _json_body(request))
+    body = PropagateIn.model_validate(await json_object_body(request, empty={}))
     frames = context.engine.video.propagate(session_id, body.start, body.reverse, body.max_frames,
                                             owner=context.api_key_id(request))
     # The first frame is computed before answering, so bad arguments still get a 4xx status.

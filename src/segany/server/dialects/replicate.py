@@ -30,6 +30,7 @@ from segany.server.context import server_context
 from segany.server.dialects import replicate_seed, replicate_video
 from segany.server.dialects.dialect import Dialect
 from segany.server.dialects.replicate_model import ReplicateModel
+from segany.server.http.json_body import json_object_body
 from segany.server.http.errors import ErrorInfo
 from segany.server.jobs.store import Job, JobNotFound, iso8601
 from segany.server.jobs.service import JobKind, JobService
@@ -154,17 +155,6 @@ def _prefer_wait(prefer: str | None) -> float | None:
                                f"got {value.strip()[:20]!r}", "Prefer")
         return float(value)
     return None
-
-
-async def json_object_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    try:
-        document = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"body: not valid JSON ({error})", "body") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("body: expected a JSON object", "body")
-    return document
 
 
 async def _create(request: Request, body: ModelPredictionIn, model: ReplicateModel) -> JSONResponse:

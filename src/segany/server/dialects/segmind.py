@@ -35,7 +35,7 @@ from segany.errors import InvalidInput, InvalidPrompt
 from segany.io.masks import encode_image, overlay_masks
 from segany.server.context import ServerContext, server_context
 from segany.server.dialects.dialect import Dialect
-from segany.server.dialects.replicate import json_object_body
+from segany.server.http.json_body import json_object_body
 from segany.server.engine.engine import DecodedImage, Engine, Prompt
 from segany.server.http.errors import ErrorInfo, validation_message
 from segany.server.http.image_source import classify

@@ -16,6 +16,7 @@ from segany.errors import InvalidImage, InvalidInput
 from segany.io.images import decode_base64_image
 from segany.server.engine.engine import DecodedImage, Engine
 from segany.server.http.errors import UrlNotAllowed
+from segany.server.http.json_body import parse_json_object
 from segany.server.http.url_fetch import check_public_url, fetch_url_bytes
 from segany.server.settings import ServerSettings
 
@@ -154,10 +155,4 @@ async def read_form_or_json(request: Request, json_fields: tuple[str, ...] = ()
     body = await request.body()
     if not body:
         raise InvalidInput("body: empty request; send JSON or multipart/form-data", "body")
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidInput(f"body: not valid JSON ({error})", "body") from None
-    if not isinstance(document, dict):
-        raise InvalidInput("body: expected a JSON object", "body")
-    return document, None
+    return parse_json_object(body), None
