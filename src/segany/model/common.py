@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segany.model import fused
+
 
 class MLP(nn.Module):
     """`num_layers` linear layers with an activation between them (not after the last).
@@ -28,12 +30,13 @@ class MLP(nn.Module):
         self.act = activation()
         self.sigmoid_output = sigmoid_output
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < last:
-                x = self.act(x)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The layers on x (..., input_dim); `residual`, added to the output, fuses with the last layer."""
+        *hidden, last = self.layers
+        activation = fused.activation_name(self.act)
+        for layer in hidden:
+            x = fused.linear(x, layer, activation) if activation else self.act(layer(x))
+        x = fused.linear(x, last, residual=residual)
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 

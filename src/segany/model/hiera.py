@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segany.model import fused
 from segany.model.common import MLP
 
 
@@ -77,16 +78,24 @@ class MultiScaleAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim_out * 3)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H', W', C_out); `residual` (the output's shape) is added in the projection."""
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)
+        qkv = fused.linear(x, self.qkv).reshape(b, h * w, 3, self.num_heads, -1)
         q, k, v = qkv.unbind(2)  # each (B, HW, heads, head_dim)
         if self.q_stride is not None:
             q = max_pool_channels_last(q.reshape(b, h, w, -1), self.q_stride)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+        return fused.linear(out.transpose(1, 2).reshape(b, h, w, -1), self.proj, residual=residual)
+
+
+# A windowed block touches only its own windows (and pools inside them), so it can run on horizontal strips of
+# whole windows, one after the other, with identical results. A strip of ~4k tokens keeps the block's
+# intermediates (qkv, the 4x MLP hidden layer: ~6 MB in float32) in cache; run on the whole 256x256 first stage
+# at once, every op streams 25-150 MB through memory, and these VMs sustain only ~5 GB/s.
+STRIP_TOKENS = 4096
 
 
 class MultiScaleBlock(nn.Module):
@@ -107,28 +116,41 @@ class MultiScaleBlock(nn.Module):
             self.proj = nn.Linear(dim, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H', W', C_out). A windowed block runs strip by strip (see STRIP_TOKENS)."""
+        rows = self._strip_rows(x)
+        if rows >= x.shape[1]:
+            return self._forward(x)
+        return torch.cat([self._forward(x[:, top:top + rows]) for top in range(0, x.shape[1], rows)], dim=1)
+
+    def _strip_rows(self, x: torch.Tensor) -> int:
+        """Rows per strip: whole windows, about STRIP_TOKENS tokens; all rows for a global block."""
+        if self.window_size == 0:
+            return x.shape[1]
+        windows_high = max(1, round(STRIP_TOKENS / (x.shape[0] * x.shape[2] * self.window_size)))
+        return windows_high * self.window_size
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
         if self.dim != self.dim_out:
             # The residual path changes width (and resolution, when pooling) with the block.
-            shortcut = self.proj(x)
+            shortcut = fused.linear(x, self.proj)
             if self.q_stride is not None:
                 shortcut = max_pool_channels_last(shortcut, self.q_stride)
 
         window = self.window_size
         if window > 0:
             x, padded_hw = window_partition(x, window)
-        x = self.attn(x)
-        if window > 0:
+            x = self.attn(x)
             if self.q_stride is not None:
                 # Pooled queries shrink each window; recompute the padded grid at the new resolution.
                 window = window // self.q_stride[0]
                 h, w = shortcut.shape[1:3]
                 padded_hw = (h + (window - h % window) % window, w + (window - w % window) % window)
-            x = window_unpartition(x, window, padded_hw, shortcut.shape[1:3])
-
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+            x = shortcut + window_unpartition(x, window, padded_hw, shortcut.shape[1:3])
+        else:
+            x = self.attn(x, residual=shortcut)
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class PatchEmbed(nn.Module):
@@ -170,9 +192,22 @@ class Hiera(nn.Module):
             dim = dim_out
         self.blocks = nn.ModuleList(blocks)
         self._stage_ends = set(stage_ends)
+        self._pos_cache: tuple[tuple, torch.Tensor] | None = None
 
     def position_embedding(self, size_hw: tuple[int, int]) -> torch.Tensor:
-        """Background table interpolated to the feature size plus the tiled window table, (1, H, W, C)."""
+        """Background table interpolated to the feature size plus the tiled window table, (1, H, W, C).
+
+        The bicubic resize costs ~2% of a tiny embed, so in inference the result is kept per size until
+        the tables change (a new state dict bumps their version; `.to()` gives new storage).
+        """
+        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+            return self._position_embedding(size_hw)
+        key = (tuple(size_hw), *((p.data_ptr(), p._version, p.dtype) for p in (self.pos_embed, self.pos_embed_window)))
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            self._pos_cache = (key, self._position_embedding(size_hw))
+        return self._pos_cache[1]
+
+    def _position_embedding(self, size_hw: tuple[int, int]) -> torch.Tensor:
         pos = F.interpolate(self.pos_embed, size=size_hw, mode="bicubic")
         win = self.pos_embed_window
         reps = [p // w for p, w in zip(pos.shape, win.shape)]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from segany.model import fused
 from segany.model.common import MLP
 from segany.model.memory_attention import MemoryAttention
 from segany.model.memory_encoder import MemoryEncoder
@@ -109,7 +110,8 @@ class SAM2VideoModel(nn.Module):
 
     def embed_frame(self, x: torch.Tensor) -> FrameFeatures:
         """(1, 3, S, S) from `preprocess_frame` -> the frame's features."""
-        top, s0, s1 = self.image.encode_levels(x)
+        with fused.plain():  # bit-for-bit the official encoder arithmetic: see fused.plain
+            top, s0, s1 = self.image.encode_levels(x)
         return FrameFeatures(top, (s0, s1))
 
     def _tokens_pos(self, size_hw: tuple[int, int]) -> torch.Tensor:
