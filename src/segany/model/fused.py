@@ -57,6 +57,8 @@ def _fusable(x: torch.Tensor, layer: nn.Linear) -> bool:
     return (
         _ONEDNN
         and not _plain_only.get()
+        and not torch.jit.is_tracing()  # exporters (ONNX, OpenVINO) trace the plain ops they know
+        and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and layer.weight.dtype == x.dtype

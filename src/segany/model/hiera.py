@@ -126,7 +126,8 @@ class MultiScaleBlock(nn.Module):
         """Rows per strip: whole windows, about STRIP_TOKENS tokens; all rows for a global block."""
         if self.window_size == 0:
             return x.shape[1]
-        windows_high = max(1, round(STRIP_TOKENS / (x.shape[0] * x.shape[2] * self.window_size)))
+        tokens_per_window_row = int(x.shape[0]) * int(x.shape[2]) * self.window_size  # int(): shapes trace as tensors
+        windows_high = max(1, round(STRIP_TOKENS / tokens_per_window_row))
         return windows_high * self.window_size
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,7 @@ class Hiera(nn.Module):
         The bicubic resize costs ~2% of a tiny embed, so in inference the result is kept per size until
         the tables change (a new state dict bumps their version; `.to()` gives new storage).
         """
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+        if (torch.is_grad_enabled() and self.pos_embed.requires_grad) or torch.jit.is_tracing():
             return self._position_embedding(size_hw)
         key = (tuple(size_hw), *((p.data_ptr(), p._version, p.dtype) for p in (self.pos_embed, self.pos_embed_window)))
         if self._pos_cache is None or self._pos_cache[0] != key:
