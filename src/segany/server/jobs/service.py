@@ -27,6 +27,7 @@ from segany.server.jobs.database import Database
 from segany.server.jobs.quotas import Quotas
 from segany.server.jobs.storage import LocalStorage, Storage
 from segany.server.jobs.store import Job, JobStore
+from segany.server.jobs.upload_quota import UploadQuota
 from segany.server.jobs.webhooks import WebhookSender, new_signing_secret, parse_events_filter, validate_webhook_url
 from segany.server.jobs.workers import JobContext, JobRunner
 from segany.server.settings import ServerSettings
@@ -61,6 +62,7 @@ class JobService:
     limits: Limits
     store: JobStore
     quotas: Quotas
+    uploads: UploadQuota
     storage: Storage
     webhooks: WebhookSender
     signing_secret: str
@@ -81,6 +83,7 @@ class JobService:
                                  backoff_s=settings.webhook_backoff_s, allow_private=settings.webhook_allow_private,
                                  signing_secret=secret)
         service = cls(settings=settings, engine=engine, limits=limits, store=store, quotas=Quotas(db),
+                      uploads=UploadQuota(db, settings.max_upload_bytes_per_key, settings.job_ttl_s),
                       storage=LocalStorage(data_dir / FILES_DIR), webhooks=webhooks, signing_secret=secret,
                       loop=asyncio.get_running_loop())
         service.runner = JobRunner(
