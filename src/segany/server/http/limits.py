@@ -123,11 +123,18 @@ _CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
 
 class BodyBudget:
     """Bytes of request bodies all requests hold in memory at once (`max_buffered_mb`), so that a burst of
-    large uploads cannot take the server's memory. Used on the event loop only (no lock)."""
+    large uploads cannot take the server's memory. Used on the event loop only (no lock).
 
-    def __init__(self, max_bytes: int) -> None:
+    When the last body of a burst that held at least `idle_after_bytes` is given back, `on_idle` runs (the
+    server hands the freed heap back to the OS then)."""
+
+    def __init__(self, max_bytes: int, on_idle: Callable[[], None] | None = None,
+                 idle_after_bytes: int = 64 * 2**20) -> None:
         self.max_bytes = max_bytes
         self.held = 0
+        self.peak = 0  # most held since the budget was last empty
+        self._on_idle = on_idle
+        self._idle_after_bytes = idle_after_bytes
 
     def take(self, count: int) -> None:
         """Reserve `count` more bytes; `ServerBusy` (503, Retry-After) when others already hold the budget.
@@ -136,9 +143,14 @@ class BodyBudget:
             raise ServerBusy(f"the server is holding {self.held / 2**20:.0f} MiB of request bodies, its limit "
                              f"(max_buffered_mb {self.max_bytes / 2**20:g}); retry later", retry_after_s=2)
         self.held += count
+        self.peak = max(self.peak, self.held)
 
     def give_back(self, count: int) -> None:
         self.held = max(0, self.held - count)
+        if self.held == 0:
+            burst, self.peak = self.peak, 0
+            if burst >= self._idle_after_bytes and self._on_idle is not None:
+                self._on_idle()
 
 
 class BodyReader:

@@ -9,10 +9,12 @@ dialect of the path.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from segany.runtime import release_free_memory
 from segany.server.http.auth import check_request, wants_body_key
 from segany.server.http.errors import ErrorInfo, SeganyError, describe
 from segany.server.http.limits import BodyBudget, BodyReader, check_json_depth
@@ -41,13 +43,21 @@ class GuardMiddleware:
                  render_error: ErrorRenderer, weights: WeightsSource | None = None, body_timeout_s: float = 60.0,
                  max_buffered_bytes: int | None = None) -> None:
         self.app = app
-        self.bodies = BodyBudget(max_buffered_bytes if max_buffered_bytes is not None else 8 * max_body_bytes)
+        self.bodies = BodyBudget(max_buffered_bytes if max_buffered_bytes is not None else 8 * max_body_bytes,
+                                 on_idle=self._trim_heap)
+        self._trimming: asyncio.Future | None = None
         self.body_timeout_s = body_timeout_s
         self.weights = weights
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys
         self.metrics = metrics
         self.render_error = render_error
+
+    def _trim_heap(self) -> None:
+        """After a burst of large bodies: return their freed memory to the OS, off the event loop (glibc
+        keeps it otherwise, see `segany.runtime.tune_cpu_allocator`), one trim at a time."""
+        if self._trimming is None or self._trimming.done():
+            self._trimming = asyncio.get_running_loop().run_in_executor(None, release_free_memory)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
