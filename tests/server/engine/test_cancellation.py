@@ -3,6 +3,7 @@ or an embed times out, another client's request is answered promptly, and the qu
 until it stops."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
@@ -106,3 +107,26 @@ def test_a_timed_out_embed_stops_between_encoder_blocks(start_server, base_setti
                                           f"limit {timeout_s:.1f} s): {cheap.text[:200]}")
         assert live.metric("segany_embedding_cache_misses_total") == 1  # the generation used the cached embedding
         _wait_idle(live)
+
+
+def test_an_embed_another_request_still_waits_for_runs_on(base_settings, shared_loader, image_path):
+    """Requests share one embed of an image: one of them leaving does not stop it for the others."""
+    from segany.server.engine.engine import Engine
+
+    async def scenario() -> None:
+        engine = Engine(base_settings.with_(embed_batch_wait_ms=0.0), loader=shared_loader)
+        await engine.start()
+        try:
+            image = await engine.decode_image(image_path.with_name("astronaut.png").read_bytes())
+            leaving, staying = asyncio.create_task(engine.embed(image)), asyncio.create_task(engine.embed(image))
+            await asyncio.sleep(0.3)  # both now wait for the one embed (the model is loaded, the embed runs)
+            leaving.cancel()
+            result = await staying
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            assert engine.cache.get(result.variant, image.digest) is result.embedding
+            assert engine.active_requests == 0
+        finally:
+            await engine.stop()
+
+    asyncio.run(scenario())
