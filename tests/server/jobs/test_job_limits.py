@@ -1,5 +1,6 @@
-"""A job past `job_timeout_s` fails with a message naming the limit, and its computation stops at its next
-batch boundary (between encoder blocks or point batches): the lane is free for the next request at once."""
+"""A job past `job_timeout_s` fails with a message naming the limit, and a running job that is canceled ends
+canceled; either way its computation stops at its next batch boundary (between encoder blocks or point
+batches): the lane is free for the next request at once."""
 from __future__ import annotations
 
 import base64
@@ -36,3 +37,28 @@ def test_a_job_past_its_time_limit_fails_and_stops_computing(start_server, image
         while live.engine.active_requests and time.monotonic() < deadline:
             time.sleep(0.05)
         assert live.engine.active_requests == 0 and live.metric("segany_queue_depth") == 0
+
+
+def test_a_canceled_running_job_stops_computing(start_server, image_bytes):
+    image = "data:image/png;base64," + base64.b64encode(image_bytes).decode()
+    with start_server(job_workers=1) as live, live.client() as client:
+        created = client.post("/v1/predictions", json={"version": MODEL_VERSION,
+                                                       "input": {"image": image, **ENDLESS_INPUT}})
+        url = f"/v1/predictions/{created.json()['id']}"
+        deadline = time.monotonic() + 60
+        while client.get(url).json()["status"] != "processing":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # computing now
+        assert client.post(f"{url}/cancel").status_code == 200
+        deadline = time.monotonic() + 30
+        while (job := client.get(url).json())["status"] not in ("succeeded", "failed", "canceled"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["status"] == "canceled", job
+        started = time.perf_counter()
+        cheap = client.post("/v1/auto", json={"image": base64.b64encode(image_bytes).decode(),
+                                              "points_per_side": 2, "points_per_batch": 4})
+        waited = time.perf_counter() - started
+        assert cheap.status_code == 200, cheap.text[:200]
+        assert waited < 30, f"the next request waited {waited:.0f} s behind the canceled job"
