@@ -43,6 +43,8 @@ def release_free_memory() -> bool:
 
     `tune_cpu_allocator` keeps freed memory in the heap on purpose, which also keeps the peak of a burst of
     large request bodies resident after they are gone; the server calls this when such a burst is over.
+    glibc trims the top only of the main arena: what worker threads freed at the top of their own arenas
+    stays resident (below the 1 GiB trim threshold), which is why uploads read in a thread pool return less.
     """
     if not sys.platform.startswith("linux"):
         return False
