@@ -1,12 +1,14 @@
-"""Server options: defaults, SEGANY_... variables, command-line flags, validation."""
+"""Server options: defaults, SEGANY_... variables, command-line flags, validation, documentation."""
 from __future__ import annotations
 
 import argparse
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 
+from fixture_paths import REPO
 from segany.errors import InvalidInput
 from segany.server.settings import ServerSettings, add_settings_arguments, settings_from
 
@@ -69,3 +71,11 @@ def test_unknown_default_model_is_a_clear_startup_error():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "sam9_giant" in result.stderr
+
+
+def test_every_option_is_documented():
+    """Each option's flag is in the server documentation (docs/api.md, or the guide it points to)."""
+    docs = "".join((REPO / "docs" / name).read_text() for name in ("api.md", "labelling-tools.md"))
+    flags = [option.metadata.get("flag") or "--" + option.name.replace("_", "-") for option in fields(ServerSettings)]
+    missing = [flag for flag in flags if f"`{flag}" not in docs]
+    assert not missing, f"options missing from docs/api.md: {missing}"

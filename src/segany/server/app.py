@@ -59,7 +59,7 @@ def create_app(settings: ServerSettings | None = None, *, engine: Engine | None 
     install_exception_handlers(app)
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_keys=settings.api_keys,
                        metrics=engine.metrics, render_error=render_error, weights=engine.pool.default_weights,
-                       body_timeout_s=settings.body_timeout_s)
+                       body_timeout_s=settings.body_timeout_s, max_buffered_bytes=settings.max_buffered_bytes)
     openapi.install(app)
     docs_assets.install(app)  # /docs and /redoc with their assets served from here (they work offline)
     return app

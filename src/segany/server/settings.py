@@ -67,6 +67,8 @@ class ServerSettings:
     max_body_mb: float = _opt(32.0, "largest request body")
     body_timeout_s: float = _opt(60.0, "longest time to receive one request body (a trickled body gets 408)")
     keep_alive_s: float = _opt(5.0, "idle time after which a kept-alive connection is closed")
+    max_buffered_mb: float = _opt(256.0, "request bodies held in memory at once, all requests together; past it "
+                                  "503 with Retry-After (one body alone is always let in)")
     max_image_pixels: int = _opt(SERVER_MAX_PIXELS, "largest decoded image (width x height)")
     max_prompts: int = _opt(64, "most prompts in one request")
     max_points_per_prompt: int = _opt(64, "most points in one prompt")
@@ -83,6 +85,8 @@ class ServerSettings:
     job_workers: int = _opt(2, "prediction jobs running at once")
     job_timeout_s: float = _opt(900.0, "time limit of one inference step of a job")
     max_pending_jobs: int = _opt(256, "jobs queued or running at once; another submission gets 503 with Retry-After")
+    max_upload_mb_per_key: float = _opt(1024.0, "uploads (POST /v1/files) one API key keeps stored at once "
+                                        "(until deleted or expired); past it 429")
     max_waiting: int = _opt(64, "requests held open by 'Prefer: wait' at once; more answer at once, unfinished")
     webhook_allow_private: bool = _opt(False, "allow webhook targets on loopback/private networks")
     webhook_signing_secret: str | None = _opt(None, "whsec_... key webhooks are signed with (default: generated, "
@@ -124,7 +128,8 @@ class ServerSettings:
             raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "dtype")
         if self.job_recovery not in ("retry", "fail"):
             raise InvalidInput(f"job_recovery must be 'retry' or 'fail', got {self.job_recovery!r}", "job_recovery")
-        for name in ("request_timeout_s", "max_body_mb", "body_timeout_s", "keep_alive_s", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
+        for name in ("request_timeout_s", "max_body_mb", "body_timeout_s", "keep_alive_s", "max_buffered_mb",
+                     "max_upload_mb_per_key", "fetch_max_mb", "fetch_timeout_s", "job_ttl_s",
                      "job_timeout_s", "expire_every_s", "webhook_timeout_s", "video_session_idle_s", "max_video_mb"):
             if float(getattr(self, name)) <= 0:
                 raise InvalidInput(f"{name} must be > 0, got {getattr(self, name)}", name)
@@ -136,6 +141,14 @@ class ServerSettings:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        return int(self.max_buffered_mb * 2**20)
+
+    @property
+    def max_upload_bytes_per_key(self) -> int:
+        return int(self.max_upload_mb_per_key * 2**20)
 
     @property
     def max_video_bytes(self) -> int:

@@ -9,6 +9,7 @@
 - `GET /v1/models/{owner}/{name}`, `.../versions`, `.../versions/{id}`: a served model, with its Cog schema.
 - Files (what the client uploads local files through): `POST /v1/files` (multipart `content`),
   `GET` and `DELETE /v1/files/{id}`; a file's `urls.get` is accepted as an input image. Listing is not offered.
+  A key keeps at most `max_upload_mb_per_key` of uploads (429 past it).
 - `GET /v1/webhooks/default/secret`: the key webhooks are signed with (`replicate.webhooks.validate`).
 
 Predictions and files are visible only to the API key that made them. Output URLs point at `/files/{key}`
@@ -46,6 +47,7 @@ router = APIRouter(tags=["replicate"])
 
 _TITLES = {400: "Bad request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
            406: "Not enough credits", 409: "Conflict", 413: "Payload too large", 422: "Input validation failed",
+           429: "Too many requests",
            500: "Internal server error", 501: "Not implemented", 503: "Service unavailable", 504: "Timeout"}
 
 
@@ -290,9 +292,10 @@ _UPLOAD_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-
 
 
 @router.post("/v1/files", status_code=201, openapi_extra=_UPLOAD_SCHEMA,
-             responses={201: {"model": dict[str, Any]}, **_ERRORS})
+             responses={201: {"model": dict[str, Any]}, **_ERRORS, 429: {"model": ProblemOut}})
 async def create_file(request: Request) -> JSONResponse:
-    """Upload a file (multipart field `content`) to use as an input; it expires after `job_ttl_s`."""
+    """Upload a file (multipart field `content`) to use as an input; it expires after `job_ttl_s`. A key's
+    uploads together stay under `max_upload_mb_per_key` (429 past it)."""
     context = server_context(request)
     jobs = context.jobs
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
@@ -318,7 +321,14 @@ async def create_file(request: Request) -> JSONResponse:
     content_type = check_content_type(str(form.get("type") or upload.content_type or "application/octet-stream"),
                                       "type")
     data = await upload.read()
-    key = jobs.storage.put(data, suffix, content_type, name=name, owner=context.api_key_id(request), private=True)
+    owner = context.api_key_id(request)
+    jobs.uploads.check(owner, len(data))  # refused (429, naming the limit) before anything is written
+    key = jobs.storage.put(data, suffix, content_type, name=name, owner=owner, private=True)
+    try:
+        jobs.uploads.charge(owner, key, len(data))  # atomic: concurrent uploads of one key cannot overrun it
+    except BaseException:
+        jobs.storage.delete(key)
+        raise
     info = jobs.storage.info(key)
     return JSONResponse(file_json(info, jobs, jobs.base_url(request), metadata), status_code=201)
 
@@ -334,7 +344,9 @@ async def get_file(file_id: str, request: Request) -> JSONResponse:
 async def delete_file(file_id: str, request: Request) -> Response:
     """Delete an uploaded file."""
     jobs = server_context(request).jobs
-    jobs.storage.delete(_own_file(jobs, file_id, request).key)
+    key = _own_file(jobs, file_id, request).key
+    jobs.storage.delete(key)
+    jobs.uploads.forget(key)
     return Response(status_code=204)
 
 

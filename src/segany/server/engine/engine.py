@@ -5,6 +5,8 @@
   decode lane, where prompts of the same shape on the same embedding (also from concurrent requests)
   are decoded in one batch. Automatic mask generation runs in the embed lane, one at a time.
 - Embeddings are cached by (variant, pixel digest); concurrent requests for one image share one embed.
+- Work whose requests have all gone stops at its next batch boundary (`cancellation`): an embed between
+  the image encoder's blocks, a mask generation between point batches.
 - `run(work)` admits at most `max_queue` requests into inference at once (others get `ServerBusy`,
   a 503 with Retry-After) and bounds each by `request_timeout_s` (`RequestTimeout`, a 504).
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,11 +30,12 @@ from segany.predict.types import Detections, ImageEmbedding, Prediction
 from segany.server.engine.batching import BatchLane
 from segany.server.engine.embedding_cache import EmbeddingCache
 from segany.server.engine.caching_predictor import CachingPredictor
+from segany.server.engine.cancellation import LaneWork, Orphans, all_stopped, check_now, stop_checks
 from segany.server.engine.detector_pool import DetectorPool
 from segany.server.engine.logits_cache import LogitsCache
 from segany.server.engine.recent_images import RecentImages
 from segany.server.engine.types import DecodedImage, EmbedResult, Prompt, PromptOutput
-from segany.server.http.errors import ImageIdNotFound, RequestTimeout, ServerBusy, WorkAbandoned
+from segany.server.http.errors import ImageIdNotFound, RequestTimeout, ServerBusy
 from segany.server.http.limits import Limits
 from segany.server.http.metrics import ServerMetrics
 from segany.server.engine.model_pool import ModelLoader, ModelPool
@@ -92,8 +94,11 @@ def _run_decode_batch(key: Hashable, jobs: list[_DecodeJob]) -> list[list[Prompt
     return results
 
 
-def _run_embed_batch(key: Hashable, jobs: list[tuple[Predictor, np.ndarray]]) -> list[ImageEmbedding]:
-    return jobs[0][0].embed_batch([rgb for _, rgb in jobs])
+@dataclass(frozen=True, eq=False)
+class _EmbedJob:
+    predictor: Predictor
+    rgb: np.ndarray  # (H, W, 3) uint8
+    work: LaneWork  # stopped when every request waiting for this image has gone
 
 
 class Engine:
@@ -106,16 +111,15 @@ class Engine:
         self.pool = ModelPool(settings, loader, on_change=self.metrics.models_loaded.set)
         self.cache = EmbeddingCache(settings.embedding_cache_bytes)
         self.metrics.cache_bytes.set_source(lambda: self.cache.nbytes)
-        self.embed_lane = BatchLane("embed", _run_embed_batch, settings.embed_batch_size,
+        self.embed_lane = BatchLane("embed", self._run_embed_batch, settings.embed_batch_size,
                                     settings.embed_batch_wait_ms / 1000, self._on_embed_batch)
         self.decode_lane = BatchLane("decode", self._run_decode, settings.decode_batch_size,
                                     settings.decode_batch_wait_ms / 1000, weight=lambda job: len(job.prompts))
-        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._inflight: dict[tuple[str, str], tuple[asyncio.Future, LaneWork]] = {}
         self._active = 0
-        # Work whose request has gone (timed out, cancelled) but whose thread has not reached its next batch
+        # Work whose requests have gone (timed out, cancelled) but whose thread has not reached its next batch
         # boundary yet: it still holds a lane, so it counts in the queue depth and against `max_queue`.
-        self._orphans: set[int] = set()
-        self._orphan_lock = threading.Lock()
+        self.orphans = Orphans(lambda: self.metrics.queue_depth.set(self.active_requests))
         self._seconds_per_request = 0.5  # running average, for Retry-After
         self.load_error: str | None = None
         self._preload_task: asyncio.Task | None = None
@@ -157,7 +161,7 @@ class Engine:
     @property
     def active_requests(self) -> int:
         """Requests in inference, plus abandoned work still running to its next batch boundary."""
-        return self._active + len(self._orphans)
+        return self._active + len(self.orphans)
 
     async def run(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run one request's inference under the queue bound and the per-request timeout."""
@@ -198,24 +202,47 @@ class Engine:
             self._count_lookup(True)
             return EmbedResult(embedding, image.digest, variant, True, 0.0)
         started = time.perf_counter()
-        pending = self._inflight.get(key)
-        if pending is None:
+        inflight = self._inflight.get(key)
+        if inflight is None:
             predictor = await self.pool.get(variant)
-            pending = self._inflight.get(key)  # another request may have started it while the model loaded
-        joined = pending is not None
-        if pending is None:
-            pending = self.embed_lane.submit(variant, (predictor, image.rgb))
-            self._inflight[key] = pending
+            inflight = self._inflight.get(key)  # another request may have started it while the model loaded
+        joined = inflight is not None
+        if inflight is None:
+            work = LaneWork()
+            pending = self.embed_lane.submit(variant, _EmbedJob(predictor, image.rgb, work))
+            inflight = self._inflight[key] = (pending, work)
             pending.add_done_callback(lambda future: self._embed_done(key, future))
         self._count_lookup(joined)
-        # Shielded: a request that times out must not cancel an embed other requests are waiting for.
-        embedding = await asyncio.shield(pending)
+        pending, work = inflight
+        # Shielded: a request that times out must not cancel an embed other requests are waiting for; only
+        # when the last of them has gone is the embed withdrawn (queued) or stopped at its next block.
+        embedding = await self.orphans.wait(asyncio.shield(pending), work,
+                                            on_abandon=lambda: self._withdraw_embed(key, pending))
         return EmbedResult(embedding, image.digest, variant, joined, (time.perf_counter() - started) * 1000)
 
+    def _withdraw_embed(self, key: tuple[str, str], pending: asyncio.Future) -> None:
+        if self._inflight.get(key, (None,))[0] is pending:
+            del self._inflight[key]  # at once: a new request for this image starts a fresh embed
+        pending.cancel()  # a queued embed is dropped by the lane; a running one stops at its stop check
+
     def _embed_done(self, key: tuple[str, str], future: asyncio.Future) -> None:
-        self._inflight.pop(key, None)
+        if self._inflight.get(key, (None,))[0] is future:
+            del self._inflight[key]
         if not future.cancelled() and future.exception() is None:
             self.cache.put(key[0], key[1], future.result())
+
+    def _run_embed_batch(self, key: Hashable, jobs: list[_EmbedJob]) -> list[ImageEmbedding]:
+        """Embed the images of `jobs` (one model) in one forward pass, stoppable between encoder blocks."""
+        works = [job.work for job in jobs]
+        for work in works:
+            self.orphans.begin(work)
+        try:
+            with stop_checks(all_stopped(works, f"the embed of {len(jobs)} image(s)")):
+                check_now()  # abandoned while it waited for the lane: never start
+                return jobs[0].predictor.embed_batch([job.rgb for job in jobs])
+        finally:
+            for work in works:
+                self.orphans.finish(work)
 
     def _count_lookup(self, hit: bool) -> None:
         (self.metrics.cache_hits if hit else self.metrics.cache_misses).inc()
@@ -346,41 +373,20 @@ class Engine:
         predictor = await self.pool.get(variant)
         generator = MaskGenerator(CachingPredictor(predictor, self.cache, self._count_lookup), **params)
 
-        stop, running = threading.Event(), threading.Event()
-
-        def check(done: int, total: int) -> None:  # between point batches: the cancellation point
-            if stop.is_set():
-                raise WorkAbandoned(f"automatic mask generation stopped after {done} of {total} batches")
+        lane_work = LaneWork()
+        stop = all_stopped([lane_work], "automatic mask generation")
 
         def work() -> list[dict[str, Any]]:
-            running.set()
+            self.orphans.begin(lane_work)
             started = time.perf_counter()
             try:
-                check(0, 0)  # abandoned while it waited for the lane: never start
-                records = generator.generate(image.rgb, progress=check)
+                # Checked between point batches and, while a crop is embedded, between encoder blocks.
+                with stop_checks(stop):
+                    stop()  # abandoned while it waited for the lane: never start
+                    records = generator.generate(image.rgb, progress=lambda done, total: stop())
             finally:
-                self._release_orphan(stop, running)
+                self.orphans.finish(lane_work)
             self.metrics.auto_seconds.observe(time.perf_counter() - started)
             return records
 
-        return await self._abandonable(self.embed_lane.run_in_thread(work), stop, running)
-
-    async def _abandonable(self, pending: Awaitable[T], stop: threading.Event, running: threading.Event) -> T:
-        """Await thread work that checks `stop` at its batch boundaries. When the request is cancelled
-        (timeout, disconnect, job limit) the work is told to stop and, until it has, counts as running."""
-        try:
-            return await pending
-        except asyncio.CancelledError:
-            with self._orphan_lock:
-                stop.set()
-                if running.is_set():  # (work not started, or already finished, holds nothing)
-                    self._orphans.add(id(stop))
-                    self.metrics.queue_depth.set(self._active + len(self._orphans))
-            raise
-
-    def _release_orphan(self, stop: threading.Event, running: threading.Event) -> None:
-        with self._orphan_lock:
-            running.clear()  # finished: a cancellation arriving from now on has nothing to wait for
-            if id(stop) in self._orphans:
-                self._orphans.discard(id(stop))
-                self.metrics.queue_depth.set(self._active + len(self._orphans))
+        return await self.orphans.wait(self.embed_lane.run_in_thread(work), lane_work)

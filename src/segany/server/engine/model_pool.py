@@ -20,6 +20,7 @@ from segany.model.variants import get_variant, list_variants
 from segany.model.video import SAM2VideoModel
 from segany.model.weights import map_official_keys, read_checkpoint, resolve_checkpoint
 from segany.predict.predictor import Predictor
+from segany.server.engine.cancellation import hook_image_encoder
 from segany.server.settings import ServerSettings
 
 log = logging.getLogger("segany.server")
@@ -102,6 +103,7 @@ class ModelPool:
         if self.weights[variant] == "random":
             log.warning("model %s has RANDOM weights (%s): its masks are noise; see README 'Weights' to get the "
                         "official ones", variant, checkpoint)
+        hook_image_encoder(model)  # so that abandoned embeds stop between encoder blocks
         return Predictor(model)
 
     def default_weights(self) -> str | None:

@@ -27,7 +27,7 @@ from segany.errors import (
     ModelNotFound,
     SeganyError,
 )
-from segany.server.jobs.errors import JobConflict, JobNotFound, QuotaExceeded, StoredFileNotFound
+from segany.server.jobs.errors import JobConflict, JobNotFound, QuotaExceeded, StoredFileNotFound, UploadQuotaExceeded
 
 log = logging.getLogger("segany.server")
 
@@ -103,6 +103,7 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (RequestValidationError, 422, "validation_error"),
     (ModelNotFound, 404, "model_not_found"),
     (QuotaExceeded, 406, "not_enough_credits"),  # Segmind's status for an exhausted key
+    (UploadQuotaExceeded, 429, "upload_quota_exceeded"),
     (JobNotFound, 404, "not_found"),
     (StoredFileNotFound, 404, "not_found"),
     (JobConflict, 409, "conflict"),

@@ -1,7 +1,7 @@
 """Request-size limits that become clear 4xx errors naming the field.
 
-The body-size limit is enforced while the body is read (`read_body_limited`), before any parsing; the
-pixel limit is passed to image decoding, which checks it from the image header before decoding any
+The body-size limit is enforced while the body is read (`read_body_limited`), before any parsing, and so
+is the server-wide budget of buffered body bytes (`BodyBudget`); the pixel limit is passed to image decoding, which checks it from the image header before decoding any
 pixel (Pillow's own decompression-bomb guard stays in place behind it);
 prompt counts and AMG grid sizes are checked here before any inference is queued.
 """
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segany.errors import InvalidInput, InvalidPrompt
-from segany.server.http.errors import BodyTimeout, PayloadTooLarge
+from segany.server.http.errors import BodyTimeout, PayloadTooLarge, ServerBusy
 from segany.server.settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -121,8 +121,41 @@ _OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
 
 
+class BodyBudget:
+    """Bytes of request bodies all requests hold in memory at once (`max_buffered_mb`), so that a burst of
+    large uploads cannot take the server's memory. Used on the event loop only (no lock).
+
+    When the last body of a burst that held at least `idle_after_bytes` is given back, `on_idle` runs (the
+    server hands the freed heap back to the OS then)."""
+
+    def __init__(self, max_bytes: int, on_idle: Callable[[], None] | None = None,
+                 idle_after_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+        self.peak = 0  # most held since the budget was last empty
+        self._on_idle = on_idle
+        self._idle_after_bytes = idle_after_bytes
+
+    def take(self, count: int) -> None:
+        """Reserve `count` more bytes; `ServerBusy` (503, Retry-After) when others already hold the budget.
+        A body alone is always let in (it is bounded by `max_body_mb`)."""
+        if self.held and self.held + count > self.max_bytes:
+            raise ServerBusy(f"the server is holding {self.held / 2**20:.0f} MiB of request bodies, its limit "
+                             f"(max_buffered_mb {self.max_bytes / 2**20:g}); retry later", retry_after_s=2)
+        self.held += count
+        self.peak = max(self.peak, self.held)
+
+    def give_back(self, count: int) -> None:
+        self.held = max(0, self.held - count)
+        if self.held == 0:
+            burst, self.peak = self.peak, 0
+            if burst >= self._idle_after_bytes and self._on_idle is not None:
+                self._on_idle()
+
+
 class BodyReader:
-    """Reads one ASGI request body under a size limit (`PayloadTooLarge`) and a deadline (`BodyTimeout`)."""
+    """Reads one ASGI request body under a size limit (`PayloadTooLarge`), a deadline (`BodyTimeout`) and,
+    from `charge_to(budget)` on, the server's `BodyBudget` (call `release` when the request is done with it)."""
 
     def __init__(self, receive: Receive, max_bytes: int, declared_length: int | None, timeout_s: float) -> None:
         if declared_length is not None and declared_length > max_bytes:
@@ -135,6 +168,26 @@ class BodyReader:
         self.chunks: list[bytes] = []
         self.size = 0
         self.done = False
+        self.declared_length = declared_length
+        self.budget: BodyBudget | None = None
+        self.reserved = 0
+
+    def charge_to(self, budget: BodyBudget) -> None:
+        """Count this body against `budget`: its declared length at once (before the rest is read), then
+        whatever arrives beyond it; `ServerBusy` when the budget is spent."""
+        self.budget = budget
+        self._reserve(max(self.declared_length or 0, self.size))
+
+    def _reserve(self, total: int) -> None:
+        if self.budget is not None and total > self.reserved:
+            self.budget.take(total - self.reserved)
+            self.reserved = total
+
+    def release(self) -> None:
+        """Give the reserved bytes back to the budget (idempotent)."""
+        if self.budget is not None:
+            self.budget.give_back(self.reserved)
+        self.reserved = 0
 
     async def _next(self) -> None:
         remaining = self.deadline - time.monotonic()
@@ -149,6 +202,7 @@ class BodyReader:
         self.size += len(chunk)
         if self.size > self.max_bytes:
             raise PayloadTooLarge(f"the request body is more than the limit of {self.max_bytes} bytes", "body")
+        self._reserve(self.size)  # a body without (or beyond) a declared length
         self.chunks.append(chunk)
         self.done = not message.get("more_body", False)
 
@@ -161,7 +215,9 @@ class BodyReader:
     async def read_all(self) -> bytes:
         while not self.done:
             await self._next()
-        return b"".join(self.chunks)
+        body = b"".join(self.chunks)
+        self.chunks = [body]  # not the parts as well: one copy of a large body in memory
+        return body
 
 
 async def read_body_limited(receive: Receive, max_bytes: int, declared_length: int | None,

@@ -2,18 +2,22 @@
 metrics, the weights and nosniff headers.
 
 The key is checked before any body byte is read (on the Roboflow body-key routes, from at most the first
-64 KiB); then the body is read (up to `max_body_mb`, 413 as soon as it is larger; 408 past `body_timeout_s`),
-its JSON nesting bounded, and it is replayed to the route. Errors are rendered in the dialect of the path.
+64 KiB); then the body is read (up to `max_body_mb`, 413 as soon as it is larger; 408 past `body_timeout_s`;
+503 while other requests hold `max_buffered_mb` of bodies), its JSON nesting bounded, and it is replayed to
+the route; its bytes count against that budget until the route has answered. Errors are rendered in the
+dialect of the path.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from segany.runtime import release_free_memory
 from segany.server.http.auth import check_request, wants_body_key
 from segany.server.http.errors import ErrorInfo, SeganyError, describe
-from segany.server.http.limits import BodyReader, check_json_depth
+from segany.server.http.limits import BodyBudget, BodyReader, check_json_depth
 from segany.server.http.metrics import ServerMetrics
 
 Scope = dict[str, Any]
@@ -36,14 +40,24 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 class GuardMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, api_keys: tuple[str, ...], metrics: ServerMetrics,
-                 render_error: ErrorRenderer, weights: WeightsSource | None = None, body_timeout_s: float = 60.0) -> None:
+                 render_error: ErrorRenderer, weights: WeightsSource | None = None, body_timeout_s: float = 60.0,
+                 max_buffered_bytes: int | None = None) -> None:
         self.app = app
+        self.bodies = BodyBudget(max_buffered_bytes if max_buffered_bytes is not None else 8 * max_body_bytes,
+                                 on_idle=self._trim_heap)
+        self._trimming: asyncio.Future | None = None
         self.body_timeout_s = body_timeout_s
         self.weights = weights
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys
         self.metrics = metrics
         self.render_error = render_error
+
+    def _trim_heap(self) -> None:
+        """After a burst of large bodies: return their freed memory to the OS, off the event loop (glibc
+        keeps it otherwise, see `segany.runtime.tune_cpu_allocator`), one trim at a time."""
+        if self._trimming is None or self._trimming.done():
+            self._trimming = asyncio.get_running_loop().run_in_executor(None, release_free_memory)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,36 +92,42 @@ class GuardMiddleware:
         headers = _headers(scope)
         query = scope.get("query_string", b"").decode("latin-1")
         body: bytes | None = None
+        reader: BodyReader | None = None
         try:
-            if method in _BODY_METHODS:
-                length = headers.get("content-length")
-                declared = int(length) if length and length.isdigit() else None
-                reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
-                if wants_body_key(path, headers, query, self.api_keys, method):
-                    # Only a bounded start of an unauthenticated body is read to find its key.
-                    head = await reader.read_up_to(BODY_KEY_SCAN_BYTES)
-                    check_request(path, headers, query, head, self.api_keys, method)
+            try:
+                if method in _BODY_METHODS:
+                    length = headers.get("content-length")
+                    declared = int(length) if length and length.isdigit() else None
+                    reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
+                    if wants_body_key(path, headers, query, self.api_keys, method):
+                        # Only a bounded start of an unauthenticated body is read to find its key.
+                        head = await reader.read_up_to(BODY_KEY_SCAN_BYTES)
+                        check_request(path, headers, query, head, self.api_keys, method)
+                    else:
+                        check_request(path, headers, query, None, self.api_keys, method)  # before any body byte
+                    reader.charge_to(self.bodies)  # authenticated: now its bytes may take server memory
+                    body = await reader.read_all()
+                    if "json" in headers.get("content-type", "json"):  # JSON bodies (and untyped ones routes parse)
+                        check_json_depth(body)
                 else:
-                    check_request(path, headers, query, None, self.api_keys, method)  # before any body byte
-                body = await reader.read_all()
-                if "json" in headers.get("content-type", "json"):  # JSON bodies (and untyped ones routes parse)
-                    check_json_depth(body)
-            else:
-                check_request(path, headers, query, None, self.api_keys, method)
-        except SeganyError as error:
-            response = self.render_error(path, describe(error))
-            await response(scope, receive, send)
-            return
-        if body is None:
-            await self.app(scope, receive, send)
-            return
-        replayed = False
+                    check_request(path, headers, query, None, self.api_keys, method)
+            except SeganyError as error:
+                response = self.render_error(path, describe(error))
+                await response(scope, receive, send)
+                return
+            if body is None:
+                await self.app(scope, receive, send)
+                return
+            replayed = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for the disconnect as usual
+            async def replay() -> Message:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()  # after the body: wait for the disconnect as usual
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+        finally:
+            if reader is not None:
+                reader.release()

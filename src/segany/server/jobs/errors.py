@@ -20,5 +20,11 @@ class QuotaExceeded(SeganyError):
         self.remaining = remaining
 
 
+class UploadQuotaExceeded(SeganyError):
+    """The API key already keeps `max_upload_mb_per_key` of uploads (HTTP 429)."""
+
+    field = "content"
+
+
 class StoredFileNotFound(SeganyError, LookupError):
     """No stored file under that key (also raised for keys that cannot be valid, such as '../x')."""

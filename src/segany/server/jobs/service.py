@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +27,15 @@ from segany.server.http.limits import Limits
 from segany.server.jobs.database import Database
 from segany.server.jobs.quotas import Quotas
 from segany.server.jobs.storage import LocalStorage, Storage
-from segany.server.jobs.store import Job, JobStore
+from segany.server.jobs.store import Job, JobCanceled, JobStore
+from segany.server.jobs.upload_quota import UploadQuota
 from segany.server.jobs.webhooks import WebhookSender, new_signing_secret, parse_events_filter, validate_webhook_url
-from segany.server.jobs.workers import JobContext, JobRunner
+from segany.server.jobs.workers import JobContext, JobRunner, current_context
 from segany.server.settings import ServerSettings
 
 log = logging.getLogger("segany.server")
 T = TypeVar("T")
+CANCEL_POLL_S = 0.5  # how often a job's engine call looks for a cancel request
 
 DB_FILE = "segany.db"
 FILES_DIR = "files"
@@ -61,6 +64,7 @@ class JobService:
     limits: Limits
     store: JobStore
     quotas: Quotas
+    uploads: UploadQuota
     storage: Storage
     webhooks: WebhookSender
     signing_secret: str
@@ -81,6 +85,7 @@ class JobService:
                                  backoff_s=settings.webhook_backoff_s, allow_private=settings.webhook_allow_private,
                                  signing_secret=secret)
         service = cls(settings=settings, engine=engine, limits=limits, store=store, quotas=Quotas(db),
+                      uploads=UploadQuota(db, settings.max_upload_bytes_per_key, settings.job_ttl_s),
                       storage=LocalStorage(data_dir / FILES_DIR), webhooks=webhooks, signing_secret=secret,
                       loop=asyncio.get_running_loop())
         service.runner = JobRunner(
@@ -146,14 +151,25 @@ class JobService:
 
     # ---- helpers for routes and handlers -------------------------------------------------------------
     def call(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        """Run `coroutine` on the server's event loop from a worker thread and wait for its result."""
+        """Run `coroutine` on the server's event loop from a worker thread and wait for its result.
+
+        Past `timeout_s` (default `job_timeout_s`; `RequestTimeout`), or once the job this thread runs is
+        canceled (`JobCanceled`), the coroutine is cancelled: the engine stops its work at the next batch."""
         timeout_s = self.settings.job_timeout_s if timeout_s is None else timeout_s
+        context = current_context()
+        deadline = time.monotonic() + timeout_s
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise RequestTimeout(f"the prediction took longer than {timeout_s:g} s") from None
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return future.result(max(0.0, min(remaining, CANCEL_POLL_S)) if context else max(0.0, remaining))
+            except concurrent.futures.TimeoutError:
+                if remaining <= CANCEL_POLL_S or context is None:
+                    future.cancel()
+                    raise RequestTimeout(f"the prediction took longer than {timeout_s:g} s") from None
+                if context.canceled():
+                    future.cancel()
+                    raise JobCanceled(f"prediction {context.job.id} was canceled") from None
 
     def base_url(self, request: Request) -> str:
         """Where clients reach this server: `public_url`, else the URL of the request."""

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Job, "JobContext"], Any]
 PayloadBuilder = Callable[[Job], Mapping[str, Any]]
 
+_running = threading.local()  # the JobContext of the job this worker thread runs
+
+
+def current_context() -> JobContext | None:
+    """The context of the job the calling worker thread is running (None outside a job)."""
+    return getattr(_running, "context", None)
+
 
 class JobContext:
     """Given to a handler with its job: cancellation checks, logs, output files and extra metrics."""
@@ -171,6 +178,7 @@ class JobRunner:
     def _run(self, job: Job) -> None:
         self._notify(job, "start")
         context = JobContext(self, job)
+        _running.context = context
         try:
             output = self.handler(job, context)
             if self.store.is_cancel_requested(job.id):
@@ -183,6 +191,8 @@ class JobRunner:
         except Exception:
             log.exception("prediction %s failed", job.id)
             finished = self.store.mark_failed(job.id, "internal error while running the prediction")
+        finally:
+            _running.context = None
         self._notify_completed(finished)
 
     def _wants(self, job: Job, event: str) -> bool:
