@@ -36,3 +36,19 @@ def tune_cpu_allocator() -> bool:
             return False
         _done = ok
         return ok
+
+
+def release_free_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim(0)`); a no-op without glibc.
+
+    With `tune_cpu_allocator` freed memory stays in the heap for reuse. A loop whose large temporaries grow
+    a little from one step to the next cannot reuse the holes the previous step left (video tracking while
+    its memory bank fills: attention over a few more tokens each frame), so the resident heap grows with
+    every such step. Trimming after those steps keeps only what is in use; pages are faulted in again later.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
