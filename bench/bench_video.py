@@ -54,6 +54,7 @@ def peak_rss_mb() -> float:
 # the memory encoder.
 FLOP_STAGES = (("image encoder", "embed_frame"), ("memory attention", "condition"), ("mask decoder", "heads"),
                ("memory encoder", "encode_memory"))
+PROGRESS_EVERY = 10  # frames between progress lines
 FLOP_FRAME = 20  # a frame whose bank is full (7 memories by frame 7, 16 pointers by frame 16)
 
 
@@ -163,6 +164,9 @@ def track(model, hf: HfTracker | None, frames: int, hf_frames: int, size_wh: tup
             hf_times.append(hf.step(rgb))  # type: ignore[union-attr]
         if result.index == 10:
             rss_at_10 = peak_rss_mb()
+        if t % PROGRESS_EVERY == 0 and len(times) > 1:  # a long run that is cut short still leaves numbers
+            print(f"  frame {t}: {statistics.median(times[1:]):.2f} s/frame (median so far), peak RSS "
+                  f"{peak_rss_mb():.1f} MB", flush=True)
     # Frame 0 is the prompted frame (no tracking): left out of the per-frame times.
     return {"first": first, "times": times[1:], "hf_times": hf_times[1:], "rss_10": rss_at_10, "rss_end": peak_rss_mb(),
             "state_mb": session.state_nbytes / 2**20, "frames": frames, "flops": flops, "flop_frame": flop_frame}
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown variant {args.variant!r}")
     checkpoint = random_video_checkpoint(spec.name)
     print(f"segany video benchmark: {spec.name}, {args.frames} frames of {w}x{h}, 2 objects, float32, "
-          f"CPU ISA {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads")
+          f"CPU ISA {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads", flush=True)
 
     model = segany.load_video_model(spec.name, checkpoint=checkpoint, device="cpu", dtype=torch.float32)
     one_frame = next(pan_clip(1, (w, h), Path(args.image)))
