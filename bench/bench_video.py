@@ -10,6 +10,9 @@ prompted on frame 0 (a click and a box) and tracked to the end. Printed, all fro
     flat (the check fails the run if it grows by more than 150 MB);
   - seconds per tracked frame against one embed + one decode measured in the same process (a tracked frame
     is one embed plus, per object, memory attention, a decode and the memory encoder);
+  - the FLOPs of one tracked frame with a full memory bank (frame 20) by stage (image encoder, memory attention,
+    mask decoder, memory encoder; torch's `FlopCounterMode`), its GFLOP/s, and its FLOP ratio to one embed +
+    decode beside the time ratio: the FLOP ratio is the floor the time ratio cannot go below at equal speed;
   - transformers' `Sam2VideoModel` on the same frames and the same random weights (converted), streamed
     frame by frame and interleaved with segany (frame t by one, then the other) for the first `--hf-frames`
     frames, compared with segany over those same frames; the largest logit gap between the two on frame 0
@@ -44,6 +47,58 @@ BOX_XYXY = (60.0, 200.0, 260.0, 340.0)
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+# ---- FLOPs --------------------------------------------------------------------------------------------------
+# The model methods a tracked frame runs, by stage: one embed, then per object memory attention, a decode and
+# the memory encoder.
+FLOP_STAGES = (("image encoder", "embed_frame"), ("memory attention", "condition"), ("mask decoder", "heads"),
+               ("memory encoder", "encode_memory"))
+PROGRESS_EVERY = 10  # frames between progress lines
+FLOP_FRAME = 20  # a frame whose bank is full (7 memories by frame 7, 16 pointers by frame 16)
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+class StageFlops:
+    """While active, counts the FLOPs (torch `FlopCounterMode`, 2 per multiply-add) of each model stage called.
+
+    The stage methods are wrapped on the model instance for the duration, so only this run's calls count.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.flops = {stage: 0 for stage, _ in FLOP_STAGES}
+
+    def __enter__(self) -> StageFlops:
+        for stage, method in FLOP_STAGES:
+            setattr(self.model, method, self._counted(stage, getattr(self.model, method)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for _, method in FLOP_STAGES:
+            delattr(self.model, method)  # the class's method shows through again
+
+    def _counted(self, stage: str, method: Callable) -> Callable:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def run(*args, **kwargs):
+            # torch's formula table lists the CUDA attention kernels only; on CPU SDPA lowers to this op.
+            mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+            with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+                out = method(*args, **kwargs)
+            self.flops[stage] += counter.get_total_flops()
+            return out
+
+        return run
+
+    @property
+    def total(self) -> int:
+        return sum(self.flops.values())
 
 
 def pan_clip(frames: int, size_wh: tuple[int, int], image: Path) -> Iterator[np.ndarray]:
@@ -94,34 +149,49 @@ def track(model, hf: HfTracker | None, frames: int, hf_frames: int, size_wh: tup
     hf_times: list[float] = []
     rss_at_10 = None
     results = session.propagate()
+    flop_frame = min(FLOP_FRAME, frames - 1)
+    flops = StageFlops(model)
     for t in range(frames):
         start = time.perf_counter()
-        result = next(results)
-        times.append(time.perf_counter() - start)
+        if t == flop_frame:  # counted, not timed: the counter's dispatch costs time
+            with flops:
+                result = next(results)
+        else:
+            result = next(results)
+            times.append(time.perf_counter() - start)
         rgb = next(hf_clip, None)
         if rgb is not None:
             hf_times.append(hf.step(rgb))  # type: ignore[union-attr]
         if result.index == 10:
             rss_at_10 = peak_rss_mb()
+        if t % PROGRESS_EVERY == 0 and len(times) > 1:  # a long run that is cut short still leaves numbers
+            print(f"  frame {t}: {statistics.median(times[1:]):.2f} s/frame (median so far), peak RSS "
+                  f"{peak_rss_mb():.1f} MB", flush=True)
     # Frame 0 is the prompted frame (no tracking): left out of the per-frame times.
     return {"first": first, "times": times[1:], "hf_times": hf_times[1:], "rss_10": rss_at_10, "rss_end": peak_rss_mb(),
-            "state_mb": session.state_nbytes / 2**20, "frames": len(times)}
+            "state_mb": session.state_nbytes / 2**20, "frames": frames, "flops": flops, "flop_frame": flop_frame}
 
 
-def embed_and_decode(model, rgb: np.ndarray, repeats: int) -> tuple[float, float]:
-    """Median seconds of one frame embed (preprocess + image encoder) and one prompt decode on it."""
+def embed_and_decode(model, rgb: np.ndarray, repeats: int) -> tuple[float, float, StageFlops]:
+    """Median seconds of one frame embed (preprocess + image encoder) and one prompt decode on it, and the
+    FLOPs of one of each (counted on an extra, untimed repeat)."""
     embeds, decodes = [], []
+    flops = StageFlops(model)
+    coords = torch.tensor([[[CLICK_XY[0] / 640 * 1024, CLICK_XY[1] / 360 * 1024]]])
+    labels = torch.ones(1, 1, dtype=torch.int32)
     with torch.inference_mode():
         for _ in range(repeats):
             t = time.perf_counter()
             feats = model.embed_frame(model.preprocess_frame(rgb))
             embeds.append(time.perf_counter() - t)
             pix = model.no_memory(feats.top)
-            coords = torch.tensor([[[CLICK_XY[0] / 640 * 1024, CLICK_XY[1] / 360 * 1024]]])
             t = time.perf_counter()
-            model.heads(pix, feats.high_res, coords, torch.ones(1, 1, dtype=torch.int32), None, True)
+            model.heads(pix, feats.high_res, coords, labels, None, True)
             decodes.append(time.perf_counter() - t)
-    return statistics.median(embeds), statistics.median(decodes)
+        with flops:
+            feats = model.embed_frame(model.preprocess_frame(rgb))
+            model.heads(model.no_memory(feats.top), feats.high_res, coords, labels, None, True)
+    return statistics.median(embeds), statistics.median(decodes), flops
 
 
 # ---- transformers -------------------------------------------------------------------------------------------
@@ -221,6 +291,18 @@ class HfTracker:
         return seconds
 
 
+def print_flops(frame: StageFlops, index: int, image: StageFlops, per_frame_s: float, time_ratio: float) -> None:
+    """FLOPs of one tracked frame by stage, and its FLOP ratio to one embed + decode beside the time ratio."""
+    rows = [[stage, flops / 1e9, 100.0 * flops / frame.total] for stage, flops in frame.flops.items()]
+    rows.append(["tracked frame", frame.total / 1e9, 100.0])
+    print(f"FLOPs of tracked frame {index} (torch FlopCounterMode, 2 FLOPs per multiply-add, all objects):")
+    print_table(["stage", "GFLOP", "% of frame"], rows)
+    reference = image.flops["image encoder"] + image.flops["mask decoder"]
+    print(f"one embed + one decode: {image.flops['image encoder'] / 1e9:.1f} + {image.flops['mask decoder'] / 1e9:.1f} "
+          f"GFLOP; tracked frame / (embed + decode): FLOPs {frame.total / reference:.2f}x, time {time_ratio:.2f}x; "
+          f"tracked frame at {frame.total / per_frame_s / 1e9:.1f} GFLOP/s (median s/frame)")
+
+
 # ---- main ---------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,11 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown variant {args.variant!r}")
     checkpoint = random_video_checkpoint(spec.name)
     print(f"segany video benchmark: {spec.name}, {args.frames} frames of {w}x{h}, 2 objects, float32, "
-          f"CPU ISA {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads")
+          f"CPU ISA {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads", flush=True)
 
     model = segany.load_video_model(spec.name, checkpoint=checkpoint, device="cpu", dtype=torch.float32)
     one_frame = next(pan_clip(1, (w, h), Path(args.image)))
-    embed_s, decode_s = embed_and_decode(model, one_frame, repeats=3)
+    embed_s, decode_s, image_flops = embed_and_decode(model, one_frame, repeats=3)
     hf, hf_note = None, ""
     if not args.skip_hf:
         try:
@@ -275,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                  "growth MB"], rows)
     if hf_note:
         print(hf_note)
+    print_flops(ours["flops"], ours["flop_frame"], image_flops, per_frame, per_frame / (embed_s + decode_s))
     growth = ours["rss_end"] - ours["rss_10"]
     if growth > RSS_GROWTH_LIMIT_MB:
         print(f"FAIL: peak RSS grew by {growth:.0f} MB between frame 10 and the end (limit {RSS_GROWTH_LIMIT_MB:.0f})")

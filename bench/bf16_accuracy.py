@@ -1,12 +1,17 @@
 """Mask agreement of segany in reduced precision with the official float32 goldens.
 
-    python bench/bf16_accuracy.py [--variants tiny,...] [--dtype auto|bfloat16|float32] [--min-iou 0.98]
+    python bench/bf16_accuracy.py [--variants tiny,...] [--dtype auto|bfloat16|float32] [--min-iou 0.98] [--video]
 
 Runs every case of ../shared/fixtures/goldens/manifest.json (every variant, image and prompt case) with the
 model loaded in `--dtype` (`auto`: what `segany.load_model` picks, bfloat16 on CPUs with AVX512-BF16 or AMX)
 from the same random checkpoint the goldens were computed from, and reports the mean mask IoU against the
 golden full-resolution masks (return_logits cases thresholded at 0), per case, per variant and overall.
 Exits with status 1 when the overall mean is below --min-iou.
+
+`--video` does the same for video tracking instead: it replays every scripted session of
+../shared/fixtures/goldens/video_manifest.json (clicks, a box, corrections, a mask, forward and reverse
+propagation; float32 goldens of the official video predictor) with `segany.load_video_model` in `--dtype`,
+and reports the mean mask IoU over every (output, object) against the golden logits thresholded at 0.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from _common import GOLDENS, REPO, print_table, random_checkpoint
 # tests/golden_cases.py reads the manifest and npz files; it imports tests/conftest.py by module name.
 sys.path.insert(0, str(REPO / "tests"))
 from golden_cases import case_kwargs, golden_masks, image_path, manifest  # noqa: E402
+from video_support import golden_key, replay_script, video_checkpoint, video_manifest  # noqa: E402
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -58,13 +64,49 @@ def run_variant(file_name: str, entry: dict, dtype: torch.dtype | None) -> tuple
     return str(model.dtype).replace("torch.", ""), rows
 
 
+def run_video(name: str, spec: dict, dtype: torch.dtype | None) -> tuple[str, list[list]]:
+    """Rows [video, step, outputs, mean IoU, min IoU] of one replayed video script (every output, every object)."""
+    model = segany.load_video_model(spec["variant"], checkpoint=video_checkpoint(spec["variant"]), device="cpu",
+                                    dtype=dtype)
+    npz = np.load(GOLDENS / spec["arrays"])
+    session = segany.VideoPredictor(model, feature_cache=spec["frames"]).start(GOLDENS / spec["frames_dir"])
+    ious: dict[int, list[float]] = {}
+    for k, step, result in replay_script(session, spec, npz):
+        gold = npz[golden_key(k, step, result)].astype(np.float32) > 0
+        ious.setdefault(k, []).extend(mask_ious(result.masks, gold).tolist())
+    rows = []
+    for k, values in ious.items():
+        step = spec["steps"][k]
+        rows.append([name, f"{k} {step.get('name', step['op'])}", len(values), float(np.mean(values)),
+                     float(np.min(values))])
+    return str(model.image.dtype).replace("torch.", ""), rows
+
+
+def main_video(dtype: torch.dtype | None, min_iou: float) -> int:
+    rows, dtype_name = [], ""
+    for name, spec in video_manifest().items():
+        dtype_name, video_rows = run_video(name, spec, dtype)
+        rows.extend(video_rows)
+        print(f"{name} ({spec['variant']}, {dtype_name}): mean mask IoU "
+              f"{np.average([r[3] for r in video_rows], weights=[r[2] for r in video_rows]):.4f}", flush=True)
+    print()
+    print_table(["video", "step", "masks", "mean IoU", "min IoU"], rows, decimals=4)
+    overall = float(np.average([r[3] for r in rows], weights=[r[2] for r in rows]))
+    print(f"\noverall mean mask IoU of video tracking in {dtype_name} (over {sum(r[2] for r in rows)} masks): "
+          f"{overall:.4f} (aim >= {min_iou})")
+    return 0 if overall >= min_iou else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="", help="comma list of variant names (or tiny, small, base_plus, large "
                     "for sam2.1_hiera_*); default: every variant with goldens")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="auto")
     ap.add_argument("--min-iou", type=float, default=0.98, help="exit 1 when the overall mean mask IoU is below this")
+    ap.add_argument("--video", action="store_true", help="replay the video goldens instead of the image ones")
     args = ap.parse_args(argv)
+    if args.video:
+        return main_video(DTYPES[args.dtype], args.min_iou)
 
     files = manifest()
     wanted = [v.strip() for v in args.variants.split(",") if v.strip()]

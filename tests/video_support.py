@@ -75,3 +75,29 @@ def write_folder(folder: Path, frames: list[np.ndarray], suffix: str = ".png") -
     for i, rgb in enumerate(frames):
         Image.fromarray(rgb).save(folder / f"{i:05d}{suffix}")
     return folder
+
+
+def replay_script(session, spec: dict, npz, steps: int | None = None, frames_cap: int | None = None):
+    """Replay a video_manifest.json script on `session`: its first `steps` steps (all when None), each
+    propagation cut to `frames_cap` frames. Yields (k, step, FrameResult) for every output, in order; the
+    golden logits of each are `npz[golden_key(k, step, result)]`."""
+    for k, step in enumerate(spec["steps"][:steps]):
+        op = step["op"]
+        if op == "propagate":
+            for result in session.propagate(start=step.get("start"), reverse=step.get("reverse", False),
+                                            max_frames=frames_cap):
+                yield k, step, result
+        elif op == "points":
+            yield k, step, session.add_points(step["frame"], step["obj"], step["points"], step["labels"],
+                                              clear=step.get("clear", True))
+        elif op == "box":
+            yield k, step, session.add_box(step["frame"], step["obj"], step["box"])
+        elif op == "mask":
+            yield k, step, session.add_mask(step["frame"], step["obj"], npz[f"step{k}_input_mask"])
+        else:
+            raise ValueError(f"unknown op {op!r} in the video manifest")
+
+
+def golden_key(k: int, step: dict, result) -> str:
+    """The npz key of the official logits (N_obj, H, W) for output `result` of step `k`."""
+    return f"step{k}_frame{result.index}_logits" if step["op"] == "propagate" else f"step{k}_logits"

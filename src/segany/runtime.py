@@ -41,14 +41,16 @@ def tune_cpu_allocator() -> bool:
 def release_free_memory() -> bool:
     """Hand the heap's free pages back to the OS (glibc `malloc_trim(0)`); False where that is not glibc.
 
-    `tune_cpu_allocator` keeps freed memory in the heap on purpose, which also keeps the peak of a burst of
-    large request bodies resident after they are gone; the server calls this when such a burst is over.
-    glibc trims the top only of the main arena: what worker threads freed at the top of their own arenas
-    stays resident (below the 1 GiB trim threshold), which is why uploads read in a thread pool return less.
+    `tune_cpu_allocator` keeps freed memory in the heap for reuse, which also keeps the peak of a burst
+    resident after it is gone. Two callers: the server, when a burst of large request bodies is over; and
+    video tracking while its memory bank fills, where each frame's attention temporaries are a little
+    larger than the last and cannot reuse the previous frame's holes. glibc trims the top only of the main
+    arena: what worker threads freed at the top of their own arenas stays resident (below the 1 GiB trim
+    threshold), which is why uploads read in a thread pool return less.
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # not glibc
         return False

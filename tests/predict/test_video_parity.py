@@ -15,7 +15,7 @@ import pytest
 
 import segany
 from fixture_paths import GOLDENS
-from video_support import video_manifest, video_model
+from video_support import golden_key, replay_script, video_manifest, video_model
 
 LOGITS_ATOL = 0.05  # tolerances stated in ../shared/fixtures/README.md ("Video goldens")
 LOGITS_CLIP = 32.0
@@ -57,37 +57,26 @@ def _replay(name: str, spec: dict) -> tuple[list[str], int]:
     session = tracker.start(GOLDENS / spec["frames_dir"])
     failures: list[str] = []
     compared = 0
-    for k, step in enumerate(spec["steps"][:steps]):
-        op = step["op"]
-        if op == "propagate":
-            seen = []
-            for result in session.propagate(start=step.get("start"), reverse=step.get("reverse", False),
-                                             max_frames=frames_cap):
-                f = result.index
-                seen.append(f)
-                _compare(f"step{k} {step['name']} frame {f}", result, npz[f"step{k}_frame{f}_logits"],
-                         step["out_obj_ids"], failures)
-                for i, obj in enumerate(result.obj_ids):
-                    ref = step["object_score_logits"][f"{obj}:{f}"]
-                    if abs(float(result.object_scores[i]) - ref) > SCORE_ATOL:
-                        failures.append(f"step{k} frame {f} object {obj}: score {result.object_scores[i]:.4f} != {ref:.4f}")
-                compared += 1
-            expected = step["out_frames"][: frames_cap or None]
-            if seen != expected:
-                failures.append(f"step{k}: yielded frames {seen}, expected {expected}")
-            continue
-        if op == "points":
-            result = session.add_points(step["frame"], step["obj"], step["points"], step["labels"],
-                                        clear=step.get("clear", True))
-        elif op == "box":
-            result = session.add_box(step["frame"], step["obj"], step["box"])
-        elif op == "mask":
-            result = session.add_mask(step["frame"], step["obj"], npz[f"step{k}_input_mask"])
+    seen: dict[int, list[int]] = {}  # propagate step -> frames it yielded
+    for k, step, result in replay_script(session, spec, npz, steps, frames_cap):
+        f = result.index
+        if step["op"] == "propagate":
+            seen.setdefault(k, []).append(f)
+            where = f"step{k} {step['name']} frame {f}"
+            for i, obj in enumerate(result.obj_ids):
+                ref = step["object_score_logits"][f"{obj}:{f}"]
+                if abs(float(result.object_scores[i]) - ref) > SCORE_ATOL:
+                    failures.append(f"step{k} frame {f} object {obj}: score {result.object_scores[i]:.4f} != {ref:.4f}")
         else:
-            raise AssertionError(f"unknown op {op!r} in the manifest")
-        assert result.index == step["out_frame"]
-        _compare(f"step{k} {op}", result, npz[f"step{k}_logits"], step["out_obj_ids"], failures)
+            assert f == step["out_frame"]
+            where = f"step{k} {step['op']}"
+        _compare(where, result, npz[golden_key(k, step, result)], step["out_obj_ids"], failures)
         compared += 1
+    for k, step in enumerate(spec["steps"][:steps]):
+        if step["op"] == "propagate":
+            expected = step["out_frames"][: frames_cap or None]
+            if seen.get(k, []) != expected:
+                failures.append(f"step{k}: yielded frames {seen.get(k, [])}, expected {expected}")
     return failures, compared
 
 

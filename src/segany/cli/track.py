@@ -6,6 +6,8 @@ Output folder (`--out DIR`):
                                          COCO RLE `segmentations`, `areas` and `bboxes` (null where not
                                          tracked); rewritten atomically as tracking goes, so an interrupted
                                          run leaves a valid file holding the frames done so far
+    --overlay FILE.mp4                   the tracked frames with coloured masks, in time order (drawn from
+                                         the PNGs once tracking ends or is interrupted)
 """
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
                              'path, nonzero = object)}, applied in order before --point/--box')
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--overlay", default=None, metavar="FILE.mp4",
-                        help="also write the frames with coloured masks as a video, in tracking order")
+                        help="also write the tracked frames with coloured masks as a video, in time order "
+                             "(also with --reverse)")
     parser.add_argument("--start", type=int, default=None, help="frame to track from (default: the first prompted frame)")
     parser.add_argument("--reverse", action="store_true", help="track backwards, towards frame 0")
     parser.add_argument("--max-frames", type=int, default=None, help="track at most this many frames (default: all)")
@@ -116,18 +119,24 @@ def run(args: argparse.Namespace) -> int:
     start = args.start if args.start is not None else min(p["frame"] for p in prompts)
     total = _expected_frames(session.num_frames, start, args)
     progress = _progress(total, args.progress)
+    tracked: list[int] = []  # frame indices in the order tracked (descending with --reverse)
     try:
         for result in results:
             _write_pngs(out / "masks", result)
             writer.add(result)
-            if overlay is not None:
-                overlay.add(session.frames[result.index], result)
+            tracked.append(result.index)
             progress.update(1)
     finally:  # Ctrl-C included: what was tracked is saved, and the overlay file is closed properly
         progress.close()
         writer.save()
         if overlay is not None:
-            overlay.close()
+            try:
+                # Drawn afterwards from the PNGs just written, in time order whatever the tracking direction;
+                # holding the masks in memory until the end would grow with the video.
+                for index in sorted(tracked):
+                    overlay.add(session.frames[index], _read_pngs(out / "masks", session.obj_ids, index))
+            finally:
+                overlay.close()
     print(f"segany track: {writer.frames_done} frames, {len(writer.objects)} objects -> {out}", file=sys.stderr)
     return EXIT_OK
 
@@ -182,6 +191,16 @@ def _write_pngs(folder: Path, result: Any) -> None:
         target = folder / str(obj_id)
         target.mkdir(parents=True, exist_ok=True)
         (target / f"{result.index:05d}.png").write_bytes(mask_to_png(mask))
+
+
+def _read_pngs(folder: Path, obj_ids: tuple[int, ...], index: int) -> Any:
+    """(N, H, W) bool masks of frame `index`, objects in `obj_ids` order, as `_write_pngs` wrote them."""
+    import numpy as np
+
+    from segany.io.masks import png_to_mask
+
+    return np.stack([png_to_mask((folder / str(obj_id) / f"{index:05d}.png").read_bytes(), max_pixels=None)
+                     for obj_id in obj_ids])
 
 
 class _Annotations:
@@ -243,13 +262,13 @@ class _Overlay:
         self._stream.height, self._stream.width = h + h % 2, w + w % 2
         self._stream.pix_fmt = "yuv420p"
 
-    def add(self, rgb: Any, result: Any) -> None:
-        """rgb (H, W, 3) uint8, the frame of `result`."""
+    def add(self, rgb: Any, masks: Any) -> None:
+        """Append one frame: rgb (H, W, 3) uint8 and its (N, H, W) bool masks, one colour per object."""
         import numpy as np
 
         from segany.io.masks import overlay_masks
 
-        drawn = overlay_masks(rgb, result.masks) if len(result.obj_ids) else rgb
+        drawn = overlay_masks(rgb, masks) if len(masks) else rgb
         h, w = drawn.shape[:2]
         if (h % 2, w % 2) != (0, 0):
             drawn = np.pad(drawn, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from segany.io.rle import coco_decode, coco_encode
 from video_clips import corrupt_frame, write_clip
@@ -215,9 +216,13 @@ def test_sessions_share_the_image_model_weights(live, clips, image_b64):
             assert live.engine.pool.loaded_variants == [variant] and live.loads == [variant]  # one model load
             predictor = asyncio.run(live.engine.pool.get(variant))  # loaded: returns at once
             video_model = live.engine.video.get(sid).session.model
-            assert video_model.image is predictor.model
-            image_params = {id(p) for p in predictor.model.parameters()}
-            assert {id(p) for p in video_model.image.parameters()} == image_params
+            assert video_model.image.dtype == torch.float32  # tracking is float32 (bf16 misses the accuracy bar)
+            if predictor.model.dtype == torch.float32:  # then the weights are shared, not copied
+                assert video_model.image is predictor.model
+                image_params = {id(p) for p in predictor.model.parameters()}
+                assert {id(p) for p in video_model.image.parameters()} == image_params
+            else:  # a bfloat16 image model (CPUs with AMX / AVX512-BF16): a float32 build of the same checkpoint
+                assert video_model.image is not predictor.model and video_model.variant == predictor.model.variant
             assert asyncio.run(live.engine.pool.get_video(variant)) is video_model  # built once per image model
         finally:
             client.delete(f"{SESSIONS}/{sid}")
