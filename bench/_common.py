@@ -15,9 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import httpx
+
+if TYPE_CHECKING:
+    from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGANY_SHARED", REPO.parent / "shared"))
@@ -177,3 +180,25 @@ def server_process(options: list[str], ready_timeout_s: float = 600) -> Iterator
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextmanager
+def counting_flops() -> Iterator[FlopCounterMode]:
+    """torch's `FlopCounterMode` (2 FLOPs per multiply-add) over what runs inside, with its two gaps filled.
+
+    Its formula table lists the CUDA attention kernels only, while on CPU SDPA lowers to
+    `_scaled_dot_product_flash_attention_for_cpu` (uncounted, a third of an embed's FLOPs went missing);
+    and it has no formula for oneDNN's fused linears, so `segany.model.fused` runs the plain ops they fuse.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    from segany.model import fused
+
+    def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    with fused.plain(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        yield counter
+

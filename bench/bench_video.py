@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import IMAGES, print_table  # noqa: E402
+from _common import IMAGES, counting_flops, print_table  # noqa: E402
 
 import segany  # noqa: E402
 from segany.model.variants import VariantSpec, get_variant  # noqa: E402
@@ -58,12 +58,6 @@ PROGRESS_EVERY = 10  # frames between progress lines
 FLOP_FRAME = 20  # a frame whose bank is full (7 memories by frame 7, 16 pointers by frame 16)
 
 
-def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query, key, value)
-
-
 class StageFlops:
     """While active, counts the FLOPs (torch `FlopCounterMode`, 2 per multiply-add) of each model stage called.
 
@@ -84,12 +78,8 @@ class StageFlops:
             delattr(self.model, method)  # the class's method shows through again
 
     def _counted(self, stage: str, method: Callable) -> Callable:
-        from torch.utils.flop_counter import FlopCounterMode
-
         def run(*args, **kwargs):
-            # torch's formula table lists the CUDA attention kernels only; on CPU SDPA lowers to this op.
-            mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
-            with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            with counting_flops() as counter:
                 out = method(*args, **kwargs)
             self.flops[stage] += counter.get_total_flops()
             return out

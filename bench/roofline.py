@@ -26,14 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
 import segany
-from segany.model import fused
 from segany.model.variants import get_variant
 from segany.model.weights import cpu_supports_bf16
 
-from _common import IMAGES, print_table, random_checkpoint, time_interleaved
+from _common import IMAGES, counting_flops, print_table, random_checkpoint, time_interleaved
 from bench_predictor import SHORT_NAMES, build_hf_model, preprocess_for_hf, upsample_masks
 
 IMAGE_SIZE_WH = (1024, 768)
@@ -76,9 +74,7 @@ def gemm_peak_gflops(dtype: torch.dtype, seconds: float = 2.0) -> float:
 
 
 def counted_gflop(fn: Callable[[], object]) -> float:
-    # FlopCounterMode has no formula for oneDNN's fused linear ops, so the count runs on the plain ones
-    # (the same products; only the fused epilogues differ).
-    with fused.plain(), FlopCounterMode(display=False) as counter:
+    with counting_flops() as counter:
         fn()
     return counter.get_total_flops() / 1e9
 
