@@ -160,11 +160,11 @@ class JobService:
         deadline = time.monotonic() + timeout_s
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return future.result(max(0.0, min(remaining, CANCEL_POLL_S)) if context else max(0.0, remaining))
+            remaining = max(0.0, deadline - time.monotonic())
+            try:  # inside a job, wake up every CANCEL_POLL_S to look for a cancel request
+                return future.result(remaining if context is None else min(remaining, CANCEL_POLL_S))
             except concurrent.futures.TimeoutError:
-                if remaining <= CANCEL_POLL_S or context is None:
+                if context is None or time.monotonic() >= deadline:
                     future.cancel()
                     raise RequestTimeout(f"the prediction took longer than {timeout_s:g} s") from None
                 if context.canceled():
