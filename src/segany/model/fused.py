@@ -31,7 +31,8 @@ _plain_only = contextvars.ContextVar("segany_plain_linear", default=False)
 
 @contextlib.contextmanager
 def plain() -> Iterator[None]:
-    """Run every `linear` inside on the plain ATen ops, summing in the same order as the official code.
+    """Run the official order of operations inside: every `linear` on the plain ATen ops, and the mask
+    decoder's attention and upscaling as the official modules (no reassociated CPU routes).
 
     Video tracking needs this: the official tracker binarises masks and fills small holes before it
     encodes a memory, and stores memories rounded to bfloat16, so a last-bit difference in a frame's
@@ -53,7 +54,8 @@ def activation_name(module: nn.Module) -> str | None:
     return _ACTIVATIONS.get(type(module))
 
 
-def _fusable(x: torch.Tensor, layer: nn.Linear) -> bool:
+def active(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's fused ops would run on `x` with `weight` (any row count)."""
     return (
         _ONEDNN
         and not _plain_only.get()
@@ -61,28 +63,38 @@ def _fusable(x: torch.Tensor, layer: nn.Linear) -> bool:
         and not torch.compiler.is_compiling()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
-        and layer.weight.dtype == x.dtype
-        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
-        and x.numel() >= MIN_ROWS * x.shape[-1]
+        and weight.dtype == x.dtype
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     )
 
 
 def linear(
     x: torch.Tensor, layer: nn.Linear, activation: str | None = None, residual: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """`act(layer(x))` or `layer(x) + residual` (not both) in one pass where `_fusable`, else as plain ops.
+    """`act(layer(x))` or `layer(x) + residual` (not both) in one pass where it pays, else as plain ops.
 
     x (..., in_features); residual, if given, has the output's shape.
     """
+    return affine(x, layer.weight, layer.bias, activation, residual)
+
+
+def affine(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`linear` on a bare (out, in) weight and (out,) bias, for layers that are linear maps in disguise."""
     if activation is not None and residual is not None:
         raise ValueError("fuse either an activation or a residual add, not both")
-    if _fusable(x, layer):
+    if active(x, weight) and x.numel() >= MIN_ROWS * x.shape[-1]:
         if residual is not None and residual.shape[:-1] == x.shape[:-1] and residual.dtype == x.dtype:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), layer.weight, layer.bias, "add")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
         if residual is None:
             # The last argument picks GELU's algorithm: "none" is the exact erf form, as nn.GELU().
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, activation or "none", [], "none")
-    y = layer(x)
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation or "none", [], "none")
+    y = F.linear(x, weight, bias)
     if activation is not None:
         return _PLAIN[activation](y)
     return y if residual is None else y + residual

@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from segany.model import fused
 from segany.model.common import MLP, LayerNorm2d
 from segany.model.transformer import TwoWayTransformer
 
@@ -16,6 +18,16 @@ class DecoderOutput:
     iou: torch.Tensor  # (B, C), in [0, 1] (sigmoid head)
     object_score_logits: torch.Tensor  # (B, 1); > 0 means "an object is present"
     mask_tokens: torch.Tensor | None = None  # (B, 4, C) mask-token outputs; the video path's object pointers
+
+
+def _patch_linear(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2x2 stride-2 transposed convolution as an (out, in) linear weight and bias on single pixels.
+
+    Output features are ordered (row offset, column offset, channel), so each patch position's channels
+    are contiguous.
+    """
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)  # (2 * 2 * C_out, C_in)
+    return weight.contiguous(), conv.bias.repeat(4)
 
 
 def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -98,23 +110,11 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 1, :]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
 
-        # Image tokens as a channels-last map (a view, no copy); the upscaling stays channels-last, the
-        # layout oneDNN's transposed convolutions prefer.
-        src = keys.transpose(1, 2).reshape(b, c, h, w)
-        dc1, ln1, act1, dc2, act2 = self.output_upscaling
-        feat_s0, feat_s1 = high_res_feats
-        # In-place adds on the largest per-prompt tensors (64 x 128^2 and 32 x 256^2 each); the per-image
-        # features are put in the same memory layout first, or the broadcast add takes a slow strided path.
-        upscaled = dc1(src)
-        upscaled += _same_layout(feat_s1, upscaled)
-        upscaled = dc2(act1(ln1(upscaled)))
-        upscaled += _same_layout(feat_s0, upscaled)
-        upscaled = act2(upscaled)
-
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
-        _, uc, uh, uw = upscaled.shape
-        pixels = upscaled.permute(0, 2, 3, 1).reshape(b, uh * uw, uc)  # a view when channels-last
-        masks = (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, uh, uw).float()
+        if fused.active(keys, hyper_in):
+            masks = self._masks_by_pixel(keys, hyper_in, high_res_feats, (h, w))
+        else:
+            masks = self._masks_by_conv(keys, hyper_in, high_res_feats, (h, w))
         iou = self.iou_prediction_head(iou_token_out).float()
         object_score = self.pred_obj_score_head(hs[:, 0, :]).float()
 
@@ -125,6 +125,66 @@ class MaskDecoder(nn.Module):
         else:
             masks, iou = masks[:, :1], iou[:, :1]
         return DecoderOutput(masks, iou, object_score, mask_tokens_out)
+
+    def _masks_by_conv(
+        self, keys: torch.Tensor, hyper_in: torch.Tensor, high_res_feats: tuple[torch.Tensor, torch.Tensor],
+        hw: tuple[int, int],
+    ) -> torch.Tensor:
+        """(B, 4, 4h, 4w) float32 mask logits the official way: the upscaling as modules, then one product.
+
+        keys (B, hw, C) image tokens; hyper_in (B, 4, C/8) per-mask weights; high_res_feats of batch 1.
+        """
+        b, c = keys.shape[0], keys.shape[2]
+        # Image tokens as a channels-last map (a view, no copy); the upscaling stays channels-last, the
+        # layout oneDNN's transposed convolutions prefer.
+        src = keys.transpose(1, 2).reshape(b, c, *hw)
+        dc1, ln1, act1, dc2, act2 = self.output_upscaling
+        feat_s0, feat_s1 = high_res_feats
+        # In-place adds on the largest per-prompt tensors (64 x 128^2 and 32 x 256^2 each); the per-image
+        # features are put in the same memory layout first, or the broadcast add takes a slow strided path.
+        upscaled = dc1(src)
+        upscaled += _same_layout(feat_s1, upscaled)
+        upscaled = dc2(act1(ln1(upscaled)))
+        upscaled += _same_layout(feat_s0, upscaled)
+        upscaled = act2(upscaled)
+        _, uc, uh, uw = upscaled.shape
+        pixels = upscaled.permute(0, 2, 3, 1).reshape(b, uh * uw, uc)  # a view when channels-last
+        return (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, uh, uw).float()
+
+    def _masks_by_pixel(
+        self, keys: torch.Tensor, hyper_in: torch.Tensor, high_res_feats: tuple[torch.Tensor, torch.Tensor],
+        hw: tuple[int, int],
+    ) -> torch.Tensor:
+        """`_masks_by_conv` with the upscaling as per-pixel linear maps, one prompt at a time (CPU).
+
+        A 2x2 stride-2 transposed convolution maps each input pixel to its own 2x2 output patch: a linear
+        map from C_in to 4 * C_out. Kept in that patch order, the upscaled pixels of token (i, j) stay
+        together through both convolutions (row 4i + 2a + a', column 4j + 2c + c' for patch offsets
+        (a, c) then (a', c')), every epilogue (bias, the high-resolution features, LayerNorm, GELU) runs
+        on one prompt's tensors while they are in cache, and only the 4-channel masks are reordered into
+        the image grid. The conv path writes and rereads a (B, 32, 256, 256) tensor, 8 MB per prompt,
+        at each of its five steps. Same arithmetic up to the GEMMs' summation order.
+        """
+        b, h, w = keys.shape[0], *hw
+        dc1, ln1, _, dc2, _ = self.output_upscaling
+        feat_s0, feat_s1 = high_res_feats
+        w1, b1 = _patch_linear(dc1)
+        w2, b2 = _patch_linear(dc2)
+        c1, c2 = dc1.out_channels, dc2.out_channels
+        # The high-resolution features in the same patch order: per token (i, j), offsets (a, c[, a', c']).
+        feat1 = feat_s1[0].reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w, 4 * c1)
+        feat0 = feat_s0[0].reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h * w * 4, 4 * c2)
+        feat1, feat0 = feat1.to(keys.dtype).contiguous(), feat0.to(keys.dtype).contiguous()
+        masks = keys.new_empty((b, hyper_in.shape[1], 4 * h, 4 * w), dtype=torch.float32)
+        for k in range(b):
+            up = fused.affine(keys[k], w1, b1, residual=feat1).view(-1, c1)  # (hw * 4, C/4)
+            up = F.gelu(F.layer_norm(up, (c1,), ln1.weight, ln1.bias, ln1.eps))
+            up = fused.affine(up, w2, b2, residual=feat0).view(-1, c2)  # (hw * 16, C/8)
+            up = F.gelu(up)
+            per_pixel = up @ hyper_in[k].transpose(0, 1)  # (hw * 16, 4)
+            grid = per_pixel.view(h, w, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
+            masks[k] = grid.reshape(-1, 4 * h, 4 * w)
+        return masks
 
     def _stability(self, logits: torch.Tensor) -> torch.Tensor:
         flat = logits.flatten(-2)

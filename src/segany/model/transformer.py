@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segany.model import fused
 from segany.model.common import MLP
 
 
@@ -36,13 +37,43 @@ class Attention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
 
-    def image_to_tokens(self, image: torch.Tensor, tokens_k: torch.Tensor, tokens_v: torch.Tensor) -> torch.Tensor:
+    def tokens_to_image(self, tokens: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor) -> torch.Tensor:
+        """`forward(tokens, image_k, image_v)` for a few queries (T prompt tokens) over many keys (HW image tokens).
+
+        tokens (B, T, C); image_k, image_v (B, HW, C). Reassociated so that the image is never projected:
+        each head's query is folded into the key projection, and the value projection is applied to the
+        attention-pooled image, leaving two (heads*T x C) by (C x HW) products per prompt. That is fewer
+        FLOPs than projecting HW keys and values whenever heads*T < internal width (72 against 128 for a box
+        prompt), and no (B, HW, internal) tensor is written. The key bias adds the same value to every
+        score of a query, which softmax cancels.
+        """
+        b, t, _ = tokens.shape
+        heads = self.num_heads
+        internal = self.q_proj.out_features
+        d = internal // heads
+        q = self.q_proj(tokens).view(b, t, heads, d) * d**-0.5
+        fold_k = torch.einsum("bthd,hdc->bhtc", q, self.k_proj.weight.view(heads, d, -1)).reshape(b, heads * t, -1)
+        probs = torch.bmm(fold_k, image_k.transpose(1, 2)).softmax(dim=-1)  # (B, heads*T, HW)
+        pooled = torch.bmm(probs, image_v).view(b, heads, t, -1)  # (B, heads, T, C): probabilities sum to 1,
+        # so the value bias passes through unchanged.
+        v = torch.einsum("bhtc,hdc->bthd", pooled, self.v_proj.weight.view(heads, d, -1)) + self.v_proj.bias.view(heads, d)
+        return self.out_proj(v.reshape(b, t, internal))
+
+    def folds_tokens_to_image(self, tokens: torch.Tensor, image: torch.Tensor) -> bool:
+        """Whether `tokens_to_image` costs fewer FLOPs than `forward` here (per-prompt image, few tokens)."""
+        return image.shape[0] == tokens.shape[0] and self.num_heads * tokens.shape[1] < self.q_proj.out_features
+
+    def image_to_tokens(
+        self, image: torch.Tensor, tokens_k: torch.Tensor, tokens_v: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`forward(image, tokens_k, tokens_v)` for many queries (HW image tokens) over a few keys (T prompt tokens).
 
         image (B or 1, HW, C); tokens (B, T, C). The same result, reassociated so that no (B, HW, internal)
         query or head-output tensor exists: the query projection is folded into the keys and the output
         projection into the values, leaving two (HW x C) by (C x heads*T) products per prompt. Generic
-        attention kernels handle a key length of ~7 poorly; these are plain matrix products.
+        attention kernels handle a key length of ~7 poorly; these are plain matrix products. With
+        `residual` (B or 1, HW, C), returns residual + attention from the last product, without another
+        pass over the (B, HW, C) result.
         """
         b, t, _ = tokens_k.shape
         heads = self.num_heads
@@ -65,7 +96,12 @@ class Attention(nn.Module):
         # out[n] = sum_h probs_h[n] @ v_h @ W_out_h^T + b_out
         w_out = self.out_proj.weight.view(-1, heads, d)  # (C, heads, d)
         fold_v = torch.einsum("bthd,chd->bhtc", v, w_out).reshape(b, heads * t, -1)
-        return torch.baddbmm(self.out_proj.bias.view(1, 1, -1).to(probs.dtype), probs.transpose(1, 2), fold_v)
+        if residual is None:
+            return torch.baddbmm(self.out_proj.bias.view(1, 1, -1).to(probs.dtype), probs.transpose(1, 2), fold_v)
+        # Each head's probabilities sum to 1 over the T tokens, so spreading the output bias over the
+        # heads' values adds it exactly once to every pixel.
+        fold_v = fold_v + self.out_proj.bias.to(fold_v.dtype) / heads
+        return torch.baddbmm(residual.expand(b, -1, -1), probs.transpose(1, 2), fold_v)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -93,14 +129,16 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         keys_pe = keys + key_pe
-        # When keys are shared (batch 1), their projections are computed once for all prompts.
-        ca = self.cross_attn_token_to_image
-        queries = queries + ca.attend(ca.q_proj(queries + query_pe), ca.k_proj(keys_pe), ca.v_proj(keys))
-        queries = self.norm2(queries)
+        queries = self.norm2(queries + _token_to_image(self.cross_attn_token_to_image, queries + query_pe, keys_pe, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        keys = self.norm4(keys + self.cross_attn_image_to_token.image_to_tokens(keys_pe, queries + query_pe, queries))
-        return queries, keys
+        fast = fused.active(keys, keys)
+        i2t = self.cross_attn_image_to_token
+        if fast:
+            keys = i2t.image_to_tokens(keys_pe, queries + query_pe, queries, residual=keys)
+        else:
+            keys = keys + i2t.image_to_tokens(keys_pe, queries + query_pe, queries)
+        return queries, self.norm4(keys)
 
 
 class TwoWayTransformer(nn.Module):
@@ -123,7 +161,17 @@ class TwoWayTransformer(nn.Module):
         queries, keys = prompt_tokens, image_tokens
         for layer in self.layers:
             queries, keys = layer(queries, keys, prompt_tokens, image_pe)
-        fa = self.final_attn_token_to_image
-        k = fa.k_proj(keys + image_pe)
-        queries = queries + fa.attend(fa.q_proj(queries + prompt_tokens), k, fa.v_proj(keys))
-        return self.norm_final_attn(queries), keys
+        attn = _token_to_image(self.final_attn_token_to_image, queries + prompt_tokens, keys + image_pe, keys)
+        return self.norm_final_attn(queries + attn), keys
+
+
+def _token_to_image(attn: Attention, tokens: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor) -> torch.Tensor:
+    """Prompt tokens (B, T, C) attending to image tokens (B or 1, HW, C), by the cheaper of two equal routes.
+
+    When the image is shared (batch 1) its projections are computed once for all prompts; on CPU fast
+    paths a per-prompt image is never projected (`Attention.tokens_to_image`). `fused.plain()` keeps
+    the official order of operations.
+    """
+    if fused.active(tokens, attn.q_proj.weight) and attn.folds_tokens_to_image(tokens, image_k):
+        return attn.tokens_to_image(tokens, image_k, image_v)
+    return attn.attend(attn.q_proj(tokens), attn.k_proj(image_k), attn.v_proj(image_v))

@@ -193,7 +193,8 @@ class SAM2VideoModel(nn.Module):
         if coords_xy is None:  # an empty prompt is one padding point, as the official heads send it
             coords_xy = torch.zeros(1, 1, 2, device=pix_feat.device)
             labels = torch.full((1, 1), LABEL_PAD, dtype=torch.int32, device=pix_feat.device)
-        out = img.decode(pix_feat.to(img.dtype), high_res, coords_xy, labels, mask_input, multimask)
+        with fused.plain():  # the official decoder arithmetic, for the same reason as the encoder's
+            out = img.decode(pix_feat.to(img.dtype), high_res, coords_xy, labels, mask_input, multimask)
         present = out.object_score_logits > 0  # (1, 1)
         low_res_all = torch.where(present[:, :, None, None], out.low_res_logits.float(), NO_OBJ_SCORE)
         tokens = out.mask_tokens.float()

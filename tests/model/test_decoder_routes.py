@@ -1,0 +1,67 @@
+"""The mask decoder's reassociated CPU routes compute what the official order of operations computes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segany.model import fused
+from segany.model.mask_decoder import MaskDecoder
+from segany.model.transformer import Attention, TwoWayTransformer
+
+
+@pytest.fixture
+def attention() -> Attention:
+    torch.manual_seed(0)
+    return Attention(64, num_heads=4, downsample_rate=2).eval()
+
+
+def test_tokens_to_image_equals_projected_attention(attention):
+    tokens, image_k, image_v = torch.randn(3, 5, 64), torch.randn(3, 100, 64), torch.randn(3, 100, 64)
+    with torch.inference_mode():
+        want = attention(tokens, image_k, image_v)
+        got = attention.tokens_to_image(tokens, image_k, image_v)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_folding_is_chosen_only_where_it_saves_work(attention):
+    image = torch.randn(3, 100, 64)
+    assert attention.folds_tokens_to_image(torch.randn(3, 5, 64), image)  # 4 heads * 5 tokens < 32
+    assert not attention.folds_tokens_to_image(torch.randn(3, 9, 64), image)  # 36 >= 32: projecting is cheaper
+    assert not attention.folds_tokens_to_image(torch.randn(3, 5, 64), image[:1])  # a shared image is projected once
+
+
+@pytest.mark.parametrize("residual_batch", [3, 1])
+def test_image_to_tokens_adds_its_residual(attention, residual_batch):
+    image, tokens = torch.randn(3, 100, 64), torch.randn(3, 6, 64)
+    residual = torch.randn(residual_batch, 100, 64)
+    with torch.inference_mode():
+        want = residual + attention.image_to_tokens(image, tokens, tokens)
+        got = attention.image_to_tokens(image, tokens, tokens, residual=residual)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_two_way_transformer_fast_routes_match_the_official_order():
+    torch.manual_seed(0)
+    transformer = TwoWayTransformer(depth=2, embedding_dim=64, num_heads=4, mlp_dim=128).eval()
+    image, pe, prompts = torch.randn(1, 256, 64), torch.randn(1, 256, 64), torch.randn(4, 5, 64)
+    with torch.inference_mode():
+        fast_q, fast_k = transformer(image, pe, prompts)
+        with fused.plain():
+            plain_q, plain_k = transformer(image, pe, prompts)
+    torch.testing.assert_close(fast_q, plain_q, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast_k, plain_k, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.25)])
+def test_masks_by_pixel_equal_the_transposed_convolutions(dtype, atol):
+    """Full size (64x64 tokens of 256 channels), so that the fused oneDNN epilogues run too."""
+    torch.manual_seed(0)
+    decoder = MaskDecoder().eval().to(dtype)
+    keys = torch.randn(2, 64 * 64, 256, dtype=dtype)
+    hyper_in = torch.randn(2, 4, 32, dtype=dtype)
+    feats = (torch.randn(1, 32, 256, 256, dtype=dtype), torch.randn(1, 64, 128, 128, dtype=dtype))
+    with torch.inference_mode():
+        want = decoder._masks_by_conv(keys, hyper_in, feats, (64, 64))
+        got = decoder._masks_by_pixel(keys, hyper_in, feats, (64, 64))
+    assert got.shape == want.shape == (2, 4, 256, 256) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=atol, rtol=atol)
