@@ -65,3 +65,18 @@ def test_masks_by_pixel_equal_the_transposed_convolutions(dtype, atol):
         got = decoder._masks_by_pixel(keys, hyper_in, feats, (64, 64))
     assert got.shape == want.shape == (2, 4, 256, 256) and got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=atol, rtol=atol)
+
+
+def test_large_batches_decode_in_chunks_with_the_same_result():
+    torch.manual_seed(0)
+    decoder = MaskDecoder().eval()
+    embed, pe = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64)
+    sparse, dense = torch.randn(20, 3, 256), torch.randn(20, 256, 64, 64)  # past one 16-prompt chunk
+    feats = (torch.randn(1, 32, 256, 256), torch.randn(1, 64, 128, 128))
+    with torch.inference_mode():
+        whole = decoder(embed, pe, sparse, dense, feats, multimask_output=False)
+        one_by_one = [decoder(embed, pe, sparse[i : i + 1], dense[i : i + 1], feats, multimask_output=False)
+                      for i in range(20)]
+    for name in ("low_res_logits", "iou", "object_score_logits", "mask_tokens"):
+        torch.testing.assert_close(getattr(whole, name), torch.cat([getattr(o, name) for o in one_by_one]),
+                                   atol=1e-4, rtol=1e-4)
