@@ -30,14 +30,15 @@ def test_folding_is_chosen_only_where_it_saves_work(attention):
     assert not attention.folds_tokens_to_image(torch.randn(3, 5, 64), image[:1])  # a shared image is projected once
 
 
-@pytest.mark.parametrize("residual_batch", [3, 1])
-def test_image_to_tokens_adds_its_residual(attention, residual_batch):
+@pytest.mark.parametrize("residual_batch, in_place", [(3, False), (1, False), (3, True)])
+def test_image_to_tokens_adds_its_residual(attention, residual_batch, in_place):
     image, tokens = torch.randn(3, 100, 64), torch.randn(3, 6, 64)
     residual = torch.randn(residual_batch, 100, 64)
     with torch.inference_mode():
         want = residual + attention.image_to_tokens(image, tokens, tokens)
-        got = attention.image_to_tokens(image, tokens, tokens, residual=residual)
+        got = attention.image_to_tokens(image, tokens, tokens, residual=residual, in_place=in_place)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got.data_ptr() == residual.data_ptr()) == in_place
 
 
 def test_two_way_transformer_fast_routes_match_the_official_order():

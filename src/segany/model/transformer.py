@@ -64,7 +64,12 @@ class Attention(nn.Module):
         return image.shape[0] == tokens.shape[0] and self.num_heads * tokens.shape[1] < self.q_proj.out_features
 
     def image_to_tokens(
-        self, image: torch.Tensor, tokens_k: torch.Tensor, tokens_v: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        tokens_k: torch.Tensor,
+        tokens_v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        in_place: bool = False,
     ) -> torch.Tensor:
         """`forward(image, tokens_k, tokens_v)` for many queries (HW image tokens) over a few keys (T prompt tokens).
 
@@ -73,7 +78,7 @@ class Attention(nn.Module):
         projection into the values, leaving two (HW x C) by (C x heads*T) products per prompt. Generic
         attention kernels handle a key length of ~7 poorly; these are plain matrix products. With
         `residual` (B or 1, HW, C), returns residual + attention from the last product, without another
-        pass over the (B, HW, C) result.
+        pass over the (B, HW, C) result; with `in_place` too, accumulated into `residual` (B, HW, C).
         """
         b, t, _ = tokens_k.shape
         heads = self.num_heads
@@ -101,6 +106,8 @@ class Attention(nn.Module):
         # Each head's probabilities sum to 1 over the T tokens, so spreading the output bias over the
         # heads' values adds it exactly once to every pixel.
         fold_v = fold_v + self.out_proj.bias.to(fold_v.dtype) / heads
+        if in_place:
+            return residual.baddbmm_(probs.transpose(1, 2), fold_v)
         return torch.baddbmm(residual.expand(b, -1, -1), probs.transpose(1, 2), fold_v)
 
 
@@ -118,9 +125,13 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor,
+        keys_owned: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries (B, T, C); keys (B, HW, C) or (1, HW, C) when every prompt shares the same image tokens."""
+        """queries (B, T, C); keys (B, HW, C) or (1, HW, C) when every prompt shares the same image tokens.
+
+        `keys_owned`: `keys` is this call's to overwrite (the previous layer's output), which saves a copy.
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -135,7 +146,8 @@ class TwoWayAttentionBlock(nn.Module):
         fast = fused.active(keys, keys)
         i2t = self.cross_attn_image_to_token
         if fast:
-            keys = i2t.image_to_tokens(keys_pe, queries + query_pe, queries, residual=keys)
+            in_place = keys_owned and keys.shape[0] == queries.shape[0] and keys.is_contiguous()
+            keys = i2t.image_to_tokens(keys_pe, queries + query_pe, queries, residual=keys, in_place=in_place)
         else:
             keys = keys + i2t.image_to_tokens(keys_pe, queries + query_pe, queries)
         return queries, self.norm4(keys)
@@ -159,8 +171,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_tokens (B|1, HW, C), image_pe (1, HW, C), prompt_tokens (B, T, C) -> (queries, keys)."""
         queries, keys = prompt_tokens, image_tokens
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, prompt_tokens, image_pe)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, prompt_tokens, image_pe, keys_owned=i > 0)
         attn = _token_to_image(self.final_attn_token_to_image, queries + prompt_tokens, keys + image_pe, keys)
         return self.norm_final_attn(queries + attn), keys
 
