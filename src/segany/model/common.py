@@ -45,11 +45,12 @@ class LayerNorm2d(nn.Module):
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
+        self.num_channels = num_channels  # a constant, also in traced exports (x.shape[1] is traced)
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.layer_norm on a channels-last view is one fused kernel instead of five elementwise passes.
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)

@@ -32,6 +32,12 @@ class DecoderOutput:
         return DecoderOutput(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(DecoderOutput)))
 
 
+def _prompt_chunk(image_embed: torch.Tensor) -> int:
+    """Prompts per chunk for an image embedding of shape (1, C, h, w)."""
+    _, c, h, w = image_embed.shape
+    return max(1, _CHUNK_BYTES // (c * h * w * image_embed.element_size()))
+
+
 def _patch_linear(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A 2x2 stride-2 transposed convolution as an (out, in) linear weight and bias on single pixels.
 
@@ -109,8 +115,7 @@ class MaskDecoder(nn.Module):
         """
         b = sparse_prompts.shape[0]
         dtype = image_embed.dtype
-        chunk = max(1, _CHUNK_BYTES // (image_embed[0].numel() * image_embed.element_size()))
-        if b > chunk and fused.active(image_embed, image_embed):
+        if fused.active(image_embed, image_embed) and b > (chunk := _prompt_chunk(image_embed)):
             parts = [
                 self(image_embed, image_pe, sparse_prompts[i : i + chunk],
                      dense_prompts if dense_prompts.shape[0] == 1 else dense_prompts[i : i + chunk],
@@ -155,11 +160,11 @@ class MaskDecoder(nn.Module):
 
         keys (B, hw, C) image tokens; hyper_in (B, 4, C/8) per-mask weights; high_res_feats of batch 1.
         """
-        b, c = keys.shape[0], keys.shape[2]
-        # Image tokens as a channels-last map (a view, no copy); the upscaling stays channels-last, the
-        # layout oneDNN's transposed convolutions prefer.
-        src = keys.transpose(1, 2).reshape(b, c, *hw)
         dc1, ln1, act1, dc2, act2 = self.output_upscaling
+        # Image tokens as a channels-last map (a view, no copy); the upscaling stays channels-last, the
+        # layout oneDNN's transposed convolutions prefer. No size is read from `keys`: a traced export then
+        # keeps the static channel counts that LayerNorm2d needs.
+        src = keys.transpose(1, 2).reshape(-1, dc1.in_channels, *hw)
         feat_s0, feat_s1 = high_res_feats
         # In-place adds on the largest per-prompt tensors (64 x 128^2 and 32 x 256^2 each); the per-image
         # features are put in the same memory layout first, or the broadcast add takes a slow strided path.
@@ -168,7 +173,7 @@ class MaskDecoder(nn.Module):
         upscaled = dc2(act1(ln1(upscaled)))
         upscaled += _same_layout(feat_s0, upscaled)
         upscaled = act2(upscaled)
-        _, uc, uh, uw = upscaled.shape
+        b, uc, uh, uw = upscaled.shape
         pixels = upscaled.permute(0, 2, 3, 1).reshape(b, uh * uw, uc)  # a view when channels-last
         return (pixels @ hyper_in.transpose(1, 2)).transpose(1, 2).reshape(b, -1, uh, uw).float()
 
