@@ -7,7 +7,8 @@ low-res "cell" (all output pixels sharing the same first source row and column),
 four sources are all above (below) a threshold gives an output block that is entirely above
 (below) it. Only cells straddling a threshold, typically a thin band along the mask outline, need
 their output pixels computed, with PyTorch's own index and weight arithmetic (float32), so counts
-and boxes equal those of the full upsampling.
+and boxes equal those of the full upsampling. Cells are classified on one window of the cell grid per
+mask, around the sources above the lowest threshold: outside it every block is below all thresholds.
 
 Frames: logits are (N, 256, 256) on the low-res grid of one crop; output pixels are in that crop's
 (h, w) frame; boxes are XYXY with inclusive right/bottom.
@@ -15,6 +16,8 @@ Frames: logits are (N, 256, 256) on the low-res grid of one crop; output pixels 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import numpy as np
 import torch
@@ -102,6 +105,16 @@ class _Straddling:
     above: torch.Tensor  # (K, T, block_h, block_w) bool per threshold, False on padding
 
 
+@dataclass(frozen=True)
+class _Cells:
+    """Cells of a batch against thresholds, on one window of the cell grid per mask."""
+
+    row0: torch.Tensor  # (N,) int64 cell row of each window's first row
+    col0: torch.Tensor  # (N,) int64 cell column of each window's first column
+    sure: list[torch.Tensor]  # per threshold (N, rows, cols) bool: whole block > t (straddling cells excluded)
+    straddling: list[_Straddling]  # cells in global cell coordinates
+
+
 class UpsamplePlan:
     """Bilinear upsampling of (N, in, in) logits to one crop size, queried without materializing it."""
 
@@ -111,7 +124,7 @@ class UpsamplePlan:
         self.device = torch.device(device)
         self.rows = _axis_plan(self.in_size, self.out_hw[0], self.device)
         self.cols = _axis_plan(self.in_size, self.out_hw[1], self.device)
-        self._occupied = (self.rows.cell_count[:, None] > 0) & (self.cols.cell_count[None, :] > 0)
+        self._all_occupied = bool((self.rows.cell_count > 0).all() and (self.cols.cell_count > 0).all())
         self._row_identity = self.in_size == self.out_hw[0]
         self._col_identity = self.in_size == self.out_hw[1]
 
@@ -128,19 +141,19 @@ class UpsamplePlan:
                      for i in range(0, logits.shape[0], _MASK_CHUNK)]
             return UpsampledStats(torch.cat([p.counts for p in parts]), torch.cat([p.boxes_xyxy for p in parts]))
         x = logits.float()
-        rows, cols = self.rows, self.cols
         distinct = sorted(set(thresholds))  # a zero stability offset repeats the mask threshold
-        sures, straddling = self._classify(x, distinct)
+        cells = self._classify(x, distinct)
+        row_weight, col_weight = self._window_weights(cells)
         counts = torch.zeros(x.shape[0], len(distinct), dtype=torch.int64, device=x.device)
-        for k, sure in enumerate(sures):
-            # Sure cells count whole blocks: block widths summed along rows, then block heights
-            # (float64 sums of small integers are exact, also where float32 matmuls use TF32).
-            per_row = sure.double() @ cols.cell_count.double()
-            counts[:, k] = (per_row @ rows.cell_count.double()).round().long()
-            for part in straddling:
+        for k, sure in enumerate(cells.sure):
+            # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
+            # below 2**24 are exact), then block heights in float64 (exact for any crop size).
+            per_row = torch.bmm(sure.float(), col_weight[:, :, None])[:, :, 0]
+            counts[:, k] = (per_row.double() * row_weight).sum(dim=1).round().long()
+            for part in cells.straddling:
                 counts[:, k].index_add_(0, part.mask, part.above[:, k].sum(dim=(1, 2)))
         box_k = distinct.index(box_threshold)
-        boxes = self._boxes(sures[box_k], [(part, part.above[:, box_k]) for part in straddling])
+        boxes = self._boxes(cells, box_k)
         order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
         return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
 
@@ -161,10 +174,14 @@ class UpsamplePlan:
         c = left[:, None] + torch.arange(win_w, device=x.device)[None, :]
         inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
-        (sure,), straddling = self._classify(x, [threshold])
+        cells = self._classify(x, [threshold])
+        sure = cells.sure[0]
+        # Every pixel inside a box lies in its mask's cell window; the clamps only serve the padding.
+        cell_r = (rows.index0[r] - cells.row0[:, None]).clamp(0, sure.shape[1] - 1)
+        cell_c = (cols.index0[c] - cells.col0[:, None]).clamp(0, sure.shape[2] - 1)
         n_index = torch.arange(x.shape[0], device=x.device)[:, None, None]
-        window = sure[n_index, rows.index0[r][:, :, None], cols.index0[c][:, None, :]]
-        for part in straddling:
+        window = sure[n_index, cell_r[:, :, None], cell_c[:, None, :]]
+        for part in cells.straddling:
             above = part.above[:, 0]
             out_r = rows.block_index[part.row][:, :, None] - top[part.mask][:, None, None]
             out_c = cols.block_index[part.col][:, None, :] - left[part.mask][:, None, None]
@@ -175,23 +192,26 @@ class UpsamplePlan:
             window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
         return window & inside
 
-    def _classify(self, x: torch.Tensor, thresholds: list[float]) -> tuple[list[torch.Tensor], list[_Straddling]]:
-        """Per threshold, the cells surely above it (N, in, in) bool; and the cells evaluated exactly.
+    def _classify(self, x: torch.Tensor, thresholds: list[float]) -> _Cells:
+        """Per threshold, the cells surely above it; and the cells evaluated exactly.
 
         A blend of sources that are all > t + margin is > t, and of sources all <= t - margin is <= t:
         rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
-        covers. A cell that is not sure for every threshold straddles: its pixels are computed once
-        and compared with all thresholds, and it is left out of every sure map.
+        covers. So a cell whose sources' minimum is > t + margin is sure, one whose maximum is
+        <= t - margin is below, and the rest straddle: their pixels are computed once and compared
+        with all thresholds, and they are left out of every sure map. A NaN source makes the whole
+        block NaN (never above), as min/max propagate it into "not sure, not straddling".
         """
-        sures, straddle = [], None
-        for threshold in thresholds:
-            margin = 1e-5 * abs(threshold) + 1e-6
-            sure = self._all_in_cell(x > threshold + margin) & self._occupied
-            maybe = self._any_in_cell(x > threshold - margin) & self._occupied & ~sure
-            straddle = maybe if straddle is None else straddle | maybe
+        margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
+        row0, col0, low, high = self._cell_bounds(x, min(t - m for t, m in zip(thresholds, margins)))
+        sures, straddle = [], torch.zeros_like(low, dtype=torch.bool)
+        for threshold, margin in zip(thresholds, margins):
+            sure = low > threshold + margin
+            straddle |= (high > threshold - margin) & ~sure
             sures.append(sure)
         sures = [sure & ~straddle for sure in sures]
         mask, row, col = straddle.nonzero(as_tuple=True)
+        row, col = row + row0[mask], col + col0[mask]
         parts = []
         for start in range(0, len(mask), _CELL_CHUNK):
             part = slice(start, start + _CELL_CHUNK)
@@ -199,49 +219,88 @@ class UpsamplePlan:
             values, valid = self._cell_values(x, n, i, j)
             above = torch.stack([(values > threshold) & valid for threshold in thresholds], dim=1)
             parts.append(_Straddling(n, i, j, above))
-        return sures, parts
+        return _Cells(row0, col0, sures, parts)
 
-    def _all_in_cell(self, above: torch.Tensor) -> torch.Tensor:
-        """(N, in, in) bool: all of each cell's 2x2 sources are set (source rows/cols i and i+1)."""
-        out = above.clone()
-        if not self._row_identity:
-            out[:, :-1, :] &= above[:, 1:, :]
-        if not self._col_identity:
-            out[:, :, :-1] &= out[:, :, 1:].clone()
-        return out
+    def _cell_bounds(self, x: torch.Tensor, floor: float) -> tuple[torch.Tensor, ...]:
+        """Each mask's window of cells that have a source > floor, and the min/max of every cell's sources.
 
-    def _any_in_cell(self, above: torch.Tensor) -> torch.Tensor:
-        """(N, in, in) bool: any of each cell's 2x2 sources is set."""
-        out = above.clone()
-        if not self._row_identity:
-            out[:, :-1, :] |= above[:, 1:, :]
-        if not self._col_identity:
-            out[:, :, :-1] |= out[:, :, 1:].clone()
-        return out
-
-    def _boxes(self, sure: torch.Tensor, straddling: list[tuple[_Straddling, torch.Tensor]]) -> torch.Tensor:
-        """(N, 4) inclusive XYXY of the set pixels; zeros for empty masks (the official convention).
-
-        `straddling` pairs each part with its (K, block_h, block_w) above-threshold pixels.
+        Returns row0, col0 (N,) int64 and low, high (N, rows, cols) float32, -inf outside a mask's
+        window and on cells that own no output pixel (so they are never sure and never straddle).
         """
-        top, bottom, left, right = self._sure_box(sure)
-        for part, above in straddling:
-            self._merge_straddling_box(part, above, (top, bottom, left, right))
+        n, size = x.shape[0], self.in_size
+        # NaN rows count as reaching the floor: a window may be larger than needed, never smaller.
+        row0, rows_n = self._axis_window(~(x.amax(dim=2) <= floor), self._row_identity)
+        col0, cols_n = self._axis_window(~(x.amax(dim=1) <= floor), self._col_identity)
+        height = max(int(rows_n.max()), 1) if n else 1
+        width = max(int(cols_n.max()), 1) if n else 1
+        # Sources of the window's cells: one more row/column on interpolated axes (cell i blends
+        # sources i and i + 1), clamped where the last cell blends the last source with itself.
+        local_r = torch.arange(height + (not self._row_identity), device=x.device)
+        local_c = torch.arange(width + (not self._col_identity), device=x.device)
+        src_r = (row0[:, None] + local_r).clamp(max=size - 1)
+        src_c = (col0[:, None] + local_c).clamp(max=size - 1)
+        flat = (src_r[:, :, None] * size + src_c[:, None, :]).flatten(1)
+        sources = torch.gather(x.reshape(n, size * size), 1, flat).view(n, len(local_r), len(local_c))
+        low = high = sources
+        if not self._row_identity:
+            low, high = torch.minimum(low[:, :-1], low[:, 1:]), torch.maximum(high[:, :-1], high[:, 1:])
+        if not self._col_identity:
+            low = torch.minimum(low[:, :, :-1], low[:, :, 1:])
+            high = torch.maximum(high[:, :, :-1], high[:, :, 1:])
+        row_ok = local_r[:height] < rows_n[:, None]
+        col_ok = local_c[:width] < cols_n[:, None]
+        if not self._all_occupied:  # downsampling: some cells own no output pixel
+            row_ok &= self.rows.cell_count[src_r[:, :height]] > 0
+            col_ok &= self.cols.cell_count[src_c[:, :width]] > 0
+        outside = ~(row_ok[:, :, None] & col_ok[:, None, :])
+        return row0, col0, low.masked_fill(outside, -math.inf), high.masked_fill(outside, -math.inf)
+
+    @staticmethod
+    def _axis_window(reaches: torch.Tensor, identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) first cell and cell count of the cells whose sources include a set entry of (N, in) `reaches`."""
+        size = reaches.shape[1]
+        index = torch.arange(size, device=reaches.device, dtype=torch.int32)
+        has = reaches.any(dim=1)
+        first = torch.where(reaches, index, size).amin(dim=1).long()
+        last = torch.where(reaches, index, -1).amax(dim=1).long()
+        if not identity:  # cell i - 1 blends source i too
+            first = (first - 1).clamp(min=0)
+        count = torch.where(has, last - first + 1, 0)
+        return torch.where(has, first, 0), count
+
+    def _window_weights(self, cells: _Cells) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output pixels per window row (N, rows) float64 and per window column (N, cols) float32."""
+        rows, cols = cells.sure[0].shape[1:]
+        local_r = torch.arange(rows, device=cells.row0.device)
+        local_c = torch.arange(cols, device=cells.col0.device)
+        cell_r = (cells.row0[:, None] + local_r).clamp(max=self.in_size - 1)
+        cell_c = (cells.col0[:, None] + local_c).clamp(max=self.in_size - 1)
+        return self.rows.cell_count[cell_r].double(), self.cols.cell_count[cell_c].float()
+
+    def _boxes(self, cells: _Cells, k: int) -> torch.Tensor:
+        """(N, 4) inclusive XYXY of the pixels above thresholds[k]; zeros for empty masks (the official convention)."""
+        top, bottom, left, right = self._sure_box(cells, cells.sure[k])
+        for part in cells.straddling:
+            self._merge_straddling_box(part, part.above[:, k], (top, bottom, left, right))
         empty = (top > bottom) | (left > right)
         boxes = torch.stack([left, top, right, bottom], dim=1)
         return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
 
-    def _sure_box(self, sure: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _sure_box(self, cells: _Cells, sure: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inclusive pixel extent (top, bottom, left, right) of the sure cells; empty as top > bottom."""
         rows, cols = self.rows, self.cols
         out_h, out_w = self.out_hw
-        cells = torch.arange(self.in_size, device=sure.device)
-        row_has, col_has = sure.any(dim=2), sure.any(dim=1)  # (N, in)
-        first_row = torch.where(row_has, cells, self.in_size - 1).amin(dim=1)
-        last_row = torch.where(row_has, cells, 0).amax(dim=1)
-        first_col = torch.where(col_has, cells, self.in_size - 1).amin(dim=1)
-        last_col = torch.where(col_has, cells, 0).amax(dim=1)
+        row_has, col_has = sure.any(dim=2), sure.any(dim=1)  # (N, window rows), (N, window cols)
+        local_r = torch.arange(sure.shape[1], device=sure.device, dtype=torch.int32)
+        local_c = torch.arange(sure.shape[2], device=sure.device, dtype=torch.int32)
+        first_row = torch.where(row_has, local_r, sure.shape[1] - 1).amin(dim=1) + cells.row0
+        last_row = torch.where(row_has, local_r, 0).amax(dim=1) + cells.row0
+        first_col = torch.where(col_has, local_c, sure.shape[2] - 1).amin(dim=1) + cells.col0
+        last_col = torch.where(col_has, local_c, 0).amax(dim=1) + cells.col0
         has = row_has.any(dim=1)
+        # Clamped only for masks without sure cells, whose values are then replaced.
+        first_row, last_row = first_row.clamp(max=self.in_size - 1), last_row.clamp(max=self.in_size - 1)
+        first_col, last_col = first_col.clamp(max=self.in_size - 1), last_col.clamp(max=self.in_size - 1)
         top = torch.where(has, rows.cell_start[first_row], out_h)
         bottom = torch.where(has, rows.cell_start[last_row] + rows.cell_count[last_row] - 1, -1)
         left = torch.where(has, cols.cell_start[first_col], out_w)
@@ -268,9 +327,14 @@ class UpsamplePlan:
         """Widen (top, bottom, left, right) in place by the set pixels of straddling cells."""
         top, bottom, left, right = box
         out_h, out_w = self.out_hw
-        row_index, col_index = self.rows.block_index[part.row], self.cols.block_index[part.col]
+        # int32: PyTorch's CPU min/max over a short last dimension is far slower for int64.
+        row_index, col_index = self.rows.block_index[part.row].int(), self.cols.block_index[part.col].int()
         row_has, col_has = above.any(dim=2), above.any(dim=1)  # (K, block_h), (K, block_w)
-        top.scatter_reduce_(0, part.mask, torch.where(row_has, row_index, out_h).amin(dim=1), reduce="amin")
-        bottom.scatter_reduce_(0, part.mask, torch.where(row_has, row_index, -1).amax(dim=1), reduce="amax")
-        left.scatter_reduce_(0, part.mask, torch.where(col_has, col_index, out_w).amin(dim=1), reduce="amin")
-        right.scatter_reduce_(0, part.mask, torch.where(col_has, col_index, -1).amax(dim=1), reduce="amax")
+        first_row = torch.where(row_has, row_index, out_h).amin(dim=1).long()
+        last_row = torch.where(row_has, row_index, -1).amax(dim=1).long()
+        first_col = torch.where(col_has, col_index, out_w).amin(dim=1).long()
+        last_col = torch.where(col_has, col_index, -1).amax(dim=1).long()
+        top.scatter_reduce_(0, part.mask, first_row, reduce="amin")
+        bottom.scatter_reduce_(0, part.mask, last_row, reduce="amax")
+        left.scatter_reduce_(0, part.mask, first_col, reduce="amin")
+        right.scatter_reduce_(0, part.mask, last_col, reduce="amax")
