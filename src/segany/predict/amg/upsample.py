@@ -100,8 +100,9 @@ class _Straddling:
     """Cells whose output block straddles a threshold, with their exact above-threshold pixels."""
 
     mask: torch.Tensor  # (K,) int64 which mask
-    row: torch.Tensor  # (K,) int64 cell row
-    col: torch.Tensor  # (K,) int64 cell column
+    out_row: torch.Tensor  # (K, block_h) int64 output rows of each cell's block (clamped on padding)
+    out_col: torch.Tensor  # (K, block_w) int64 output columns
+    valid: torch.Tensor  # (K, block_h, block_w) bool: real pixels, not padding
     above: torch.Tensor  # (K, T, block_h, block_w) bool per threshold, False on padding
 
 
@@ -144,14 +145,14 @@ class UpsamplePlan:
         distinct = sorted(set(thresholds))  # a zero stability offset repeats the mask threshold
         cells = self._classify(x, distinct)
         row_weight, col_weight = self._window_weights(cells)
-        counts = torch.zeros(x.shape[0], len(distinct), dtype=torch.int64, device=x.device)
-        for k, sure in enumerate(cells.sure):
-            # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
-            # below 2**24 are exact), then block heights in float64 (exact for any crop size).
-            per_row = torch.bmm(sure.float(), col_weight[:, :, None])[:, :, 0]
-            counts[:, k] = (per_row.double() * row_weight).sum(dim=1).round().long()
-            for part in cells.straddling:
-                counts[:, k].index_add_(0, part.mask, part.above[:, k].sum(dim=(1, 2)))
+        n, rows, cols = cells.sure[0].shape
+        # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
+        # below 2**24 are exact), then block heights in float64 (exact for any crop size).
+        sure = torch.stack(cells.sure, dim=1).view(n, len(distinct) * rows, cols).float()
+        per_row = torch.bmm(sure, col_weight[:, :, None]).view(n, len(distinct), rows)
+        counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
+        for part in cells.straddling:  # (uint8 sums: PyTorch sums bools through int64 copies)
+            counts.index_add_(0, part.mask, part.above.view(torch.uint8).sum(dim=(2, 3), dtype=torch.int32).long())
         box_k = distinct.index(box_threshold)
         boxes = self._boxes(cells, box_k)
         order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
@@ -179,15 +180,16 @@ class UpsamplePlan:
         # Every pixel inside a box lies in its mask's cell window; the clamps only serve the padding.
         cell_r = (rows.index0[r] - cells.row0[:, None]).clamp(0, sure.shape[1] - 1)
         cell_c = (cols.index0[c] - cells.col0[:, None]).clamp(0, sure.shape[2] - 1)
-        n_index = torch.arange(x.shape[0], device=x.device)[:, None, None]
-        window = sure[n_index, cell_r[:, :, None], cell_c[:, None, :]]
+        # Two gathers (rows, then columns) cost a fraction of one three-index lookup per pixel.
+        n, win_cells = sure.shape[0], sure.shape[2]
+        by_row = torch.gather(sure.view(torch.uint8), 1, cell_r[:, :, None].expand(n, win_h, win_cells))
+        window = torch.gather(by_row, 2, cell_c[:, None, :].expand(n, win_h, win_w)).view(torch.bool)
         for part in cells.straddling:
             above = part.above[:, 0]
-            out_r = rows.block_index[part.row][:, :, None] - top[part.mask][:, None, None]
-            out_c = cols.block_index[part.col][:, None, :] - left[part.mask][:, None, None]
+            out_r = part.out_row[:, :, None] - top[part.mask][:, None, None]
+            out_c = part.out_col[:, None, :] - left[part.mask][:, None, None]
             out_r, out_c = out_r.expand(above.shape), out_c.expand(above.shape)
-            fits = (out_r >= 0) & (out_r < win_h) & (out_c >= 0) & (out_c < win_w)
-            fits &= rows.block_valid[part.row][:, :, None] & cols.block_valid[part.col][:, None, :]
+            fits = (out_r >= 0) & (out_r < win_h) & (out_c >= 0) & (out_c < win_w) & part.valid
             owner = part.mask[:, None, None].expand(above.shape)
             window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
         return window & inside
@@ -213,13 +215,40 @@ class UpsamplePlan:
         mask, row, col = straddle.nonzero(as_tuple=True)
         row, col = row + row0[mask], col + col0[mask]
         parts = []
-        for start in range(0, len(mask), _CELL_CHUNK):
-            part = slice(start, start + _CELL_CHUNK)
-            n, i, j = mask[part], row[part], col[part]
-            values, valid = self._cell_values(x, n, i, j)
-            above = torch.stack([(values > threshold) & valid for threshold in thresholds], dim=1)
-            parts.append(_Straddling(n, i, j, above))
+        for n, i, j, block_hw in self._by_block_size(mask, row, col):
+            for start in range(0, len(n), _CELL_CHUNK):
+                part = slice(start, start + _CELL_CHUNK)
+                out_row, out_col, values, valid = self._cell_values(x, n[part], i[part], j[part], block_hw)
+                above = torch.stack([(values > threshold) & valid for threshold in thresholds], dim=1)
+                parts.append(_Straddling(n[part], out_row, out_col, valid, above))
         return _Cells(row0, col0, sures, parts)
+
+    def _by_block_size(
+        self, mask: torch.Tensor, row: torch.Tensor, col: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]]:
+        """Cells grouped into inner ones, with the smaller blocks of the inner cells, and the rest.
+
+        The first and last cell of an axis own the output pixels clamped to the edge, so their blocks
+        can be larger (4 and 6 rows of a 768 x 1024 crop, against 3 and 4 inside); padding every
+        cell to those would evaluate twice the pixels.
+        """
+        full = (self.rows.block_index.shape[1], self.cols.block_index.shape[1])
+        inner_hw = (self._inner_block(self.rows), self._inner_block(self.cols))
+        if inner_hw == full:
+            return [(mask, row, col, full)]
+        last = self.in_size - 1
+        inner = (row > 0) & (row < last) & (col > 0) & (col < last)
+        # One stable sort puts the inner cells first; the rest are few (cells on the grid's edges).
+        order = torch.argsort(~inner, stable=True)
+        split = int(inner.sum())
+        mask, row, col = mask[order], row[order], col[order]
+        groups = [(slice(0, split), inner_hw), (slice(split, None), full)]
+        return [(mask[g], row[g], col[g], hw) for g, hw in groups if len(mask[g])]
+
+    def _inner_block(self, axis: _AxisPlan) -> int:
+        """Output indices per cell, at most, over the cells that are neither first nor last."""
+        counts = axis.cell_count[1:-1]
+        return max(int(counts.max()), 1) if len(counts) else axis.block_index.shape[1]
 
     def _cell_bounds(self, x: torch.Tensor, floor: float) -> tuple[torch.Tensor, ...]:
         """Each mask's window of cells that have a source > floor, and the min/max of every cell's sources.
@@ -308,27 +337,29 @@ class UpsamplePlan:
         return top, bottom, left, right
 
     def _cell_values(
-        self, x: torch.Tensor, ni: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, block_h, block_w) upsampled values of K cells, and which entries are real pixels."""
+        self, x: torch.Tensor, ni: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, block_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, ...]:
+        """Output rows (K, block_h) and columns (K, block_w) of K cells, their (K, block_h, block_w)
+        upsampled values, and which entries are real pixels; blocks are cut to `block_hw`."""
         rows, cols = self.rows, self.cols
+        block_h, block_w = block_hw
         i2, j2 = rows.cell_next[ii], cols.cell_next[jj]
         a, b = x[ni, ii, jj][:, None], x[ni, ii, j2][:, None]
         c, d = x[ni, i2, jj][:, None], x[ni, i2, j2][:, None]
-        row_index, col_index = rows.block_index[ii], cols.block_index[jj]
+        row_index, col_index = rows.block_index[ii, :block_h], cols.block_index[jj, :block_w]
         wx0, wx1 = cols.weight0[col_index], cols.weight1[col_index]  # (K, block_w)
         wy0, wy1 = rows.weight0[row_index][:, :, None], rows.weight1[row_index][:, :, None]
         upper, lower = _blend(a, wx0, b, wx1), _blend(c, wx0, d, wx1)
         values = _blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
-        valid = rows.block_valid[ii][:, :, None] & cols.block_valid[jj][:, None, :]
-        return values, valid
+        valid = rows.block_valid[ii, :block_h][:, :, None] & cols.block_valid[jj, :block_w][:, None, :]
+        return row_index, col_index, values, valid
 
     def _merge_straddling_box(self, part: _Straddling, above: torch.Tensor, box: tuple[torch.Tensor, ...]) -> None:
         """Widen (top, bottom, left, right) in place by the set pixels of straddling cells."""
         top, bottom, left, right = box
         out_h, out_w = self.out_hw
         # int32: PyTorch's CPU min/max over a short last dimension is far slower for int64.
-        row_index, col_index = self.rows.block_index[part.row].int(), self.cols.block_index[part.col].int()
+        row_index, col_index = part.out_row.int(), part.out_col.int()
         row_has, col_has = above.any(dim=2), above.any(dim=1)  # (K, block_h), (K, block_w)
         first_row = torch.where(row_has, row_index, out_h).amin(dim=1).long()
         last_row = torch.where(row_has, row_index, -1).amax(dim=1).long()
