@@ -49,6 +49,9 @@ def _assert_equals_dense(x: torch.Tensor, size_hw: tuple[int, int], thresholds: 
         left, top, right, bottom = stats.boxes_xyxy[k].tolist()
         assert torch.equal(windows[k, : bottom - top + 1, : right - left + 1], masks[k, top : bottom + 1, left : right + 1])
         assert int(windows[k].sum()) == int(masks[k].sum())  # padding is False
+    # Boxes larger than the masks (here the whole crop) reach beyond where any source is above.
+    full = torch.tensor([[0, 0, size_hw[1] - 1, size_hw[0] - 1]] * len(x))
+    assert torch.equal(plan.windows(x, full, box_threshold), masks)
 
 
 @pytest.mark.parametrize("size_hw", [(300, 451), (768, 1024), (256, 256), (200, 130), (256, 700), (1000, 257)])

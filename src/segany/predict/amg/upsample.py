@@ -15,9 +15,8 @@ Frames: logits are (N, 256, 256) on the low-res grid of one crop; output pixels 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -147,7 +146,8 @@ class UpsamplePlan:
         row_weight, col_weight = self._window_weights(cells)
         n, rows, cols = cells.sure[0].shape
         # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
-        # below 2**24 are exact), then block heights in float64 (exact for any crop size).
+        # below 2**24 are exact, also from TF32 inputs: 0/1 and block widths), then block heights
+        # in float64 (exact for any crop size).
         sure = torch.stack(cells.sure, dim=1).view(n, len(distinct) * rows, cols).float()
         per_row = torch.bmm(sure, col_weight[:, :, None]).view(n, len(distinct), rows)
         counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
@@ -177,9 +177,11 @@ class UpsamplePlan:
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
         cells = self._classify(x, [threshold])
         sure = cells.sure[0]
-        # Every pixel inside a box lies in its mask's cell window; the clamps only serve the padding.
-        cell_r = (rows.index0[r] - cells.row0[:, None]).clamp(0, sure.shape[1] - 1)
-        cell_c = (cols.index0[c] - cells.col0[:, None]).clamp(0, sure.shape[2] - 1)
+        # Window-relative cells; those outside a mask's window are below the threshold.
+        cell_r, cell_c = rows.index0[r] - cells.row0[:, None], cols.index0[c] - cells.col0[:, None]
+        inside &= ((cell_r >= 0) & (cell_r < sure.shape[1]))[:, :, None]
+        inside &= ((cell_c >= 0) & (cell_c < sure.shape[2]))[:, None, :]
+        cell_r, cell_c = cell_r.clamp(0, sure.shape[1] - 1), cell_c.clamp(0, sure.shape[2] - 1)
         # Two gathers (rows, then columns) cost a fraction of one three-index lookup per pixel.
         n, win_cells = sure.shape[0], sure.shape[2]
         by_row = torch.gather(sure.view(torch.uint8), 1, cell_r[:, :, None].expand(n, win_h, win_cells))
