@@ -38,6 +38,8 @@ class _AxisPlan:
     cell_next: torch.Tensor  # (in,) int64 second source index of each cell
     block_index: torch.Tensor  # (in, block) int64 output indices of each cell, clamped
     block_valid: torch.Tensor  # (in, block) bool
+    block_weight0: torch.Tensor  # (in, block) float32 weight0 of each block entry; NaN on padding
+    block_weight1: torch.Tensor  # (in, block) float32 weight1 of each block entry; NaN on padding
 
 
 def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
@@ -64,6 +66,9 @@ def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
     offsets = np.arange(block)
     block_index = np.minimum(cell_start[:, None] + offsets[None, :], out_size - 1)
     block_valid = offsets[None, :] < cell_count[:, None]
+    # NaN weights make padding values NaN, which no threshold comparison counts as above.
+    block_weight0 = np.where(block_valid, weight0[block_index], np.float32(np.nan)).astype(np.float32)
+    block_weight1 = np.where(block_valid, weight1[block_index], np.float32(np.nan)).astype(np.float32)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
@@ -71,7 +76,7 @@ def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
     return _AxisPlan(
         tensor(index0), tensor(index1), tensor(weight0), tensor(weight1), tensor(cell_start.astype(np.int64)),
         tensor(cell_count.astype(np.int64)), tensor(cell_next.astype(np.int64)), tensor(block_index),
-        tensor(block_valid),
+        tensor(block_valid), tensor(block_weight0), tensor(block_weight1),
     )
 
 
@@ -101,7 +106,8 @@ class _Straddling:
     mask: torch.Tensor  # (K,) int64 which mask
     out_row: torch.Tensor  # (K, block_h) int64 output rows of each cell's block (clamped on padding)
     out_col: torch.Tensor  # (K, block_w) int64 output columns
-    valid: torch.Tensor  # (K, block_h, block_w) bool: real pixels, not padding
+    row_valid: torch.Tensor  # (K, block_h) bool: real output rows, not padding
+    col_valid: torch.Tensor  # (K, block_w) bool
     above: torch.Tensor  # (K, T, block_h, block_w) bool per threshold, False on padding
 
 
@@ -111,7 +117,7 @@ class _Cells:
 
     row0: torch.Tensor  # (N,) int64 cell row of each window's first row
     col0: torch.Tensor  # (N,) int64 cell column of each window's first column
-    sure: list[torch.Tensor]  # per threshold (N, rows, cols) bool: whole block > t (straddling cells excluded)
+    sure: torch.Tensor  # (N, T, rows, cols) bool: whole block > thresholds[t] (straddling cells excluded)
     straddling: list[_Straddling]  # cells in global cell coordinates
 
 
@@ -144,11 +150,11 @@ class UpsamplePlan:
         distinct = sorted(set(thresholds))  # a zero stability offset repeats the mask threshold
         cells = self._classify(x, distinct)
         row_weight, col_weight = self._window_weights(cells)
-        n, rows, cols = cells.sure[0].shape
+        n, _, rows, cols = cells.sure.shape
         # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
         # below 2**24 are exact, also from TF32 inputs: 0/1 and block widths), then block heights
         # in float64 (exact for any crop size).
-        sure = torch.stack(cells.sure, dim=1).view(n, len(distinct) * rows, cols).float()
+        sure = cells.sure.reshape(n, len(distinct) * rows, cols).float()
         per_row = torch.bmm(sure, col_weight[:, :, None]).view(n, len(distinct), rows)
         counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
         for part in cells.straddling:  # (uint8 sums: PyTorch sums bools through int64 copies)
@@ -176,7 +182,7 @@ class UpsamplePlan:
         inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
         cells = self._classify(x, [threshold])
-        sure = cells.sure[0]
+        sure = cells.sure[:, 0]
         # Window-relative cells; those outside a mask's window are below the threshold.
         cell_r, cell_c = rows.index0[r] - cells.row0[:, None], cols.index0[c] - cells.col0[:, None]
         inside &= ((cell_r >= 0) & (cell_r < sure.shape[1]))[:, :, None]
@@ -191,7 +197,8 @@ class UpsamplePlan:
             out_r = part.out_row[:, :, None] - top[part.mask][:, None, None]
             out_c = part.out_col[:, None, :] - left[part.mask][:, None, None]
             out_r, out_c = out_r.expand(above.shape), out_c.expand(above.shape)
-            fits = (out_r >= 0) & (out_r < win_h) & (out_c >= 0) & (out_c < win_w) & part.valid
+            fits = (out_r >= 0) & (out_r < win_h) & (out_c >= 0) & (out_c < win_w)
+            fits &= part.row_valid[:, :, None] & part.col_valid[:, None, :]
             owner = part.mask[:, None, None].expand(above.shape)
             window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
         return window & inside
@@ -208,22 +215,29 @@ class UpsamplePlan:
         """
         margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
         row0, col0, low, high = self._cell_bounds(x, min(t - m for t, m in zip(thresholds, margins)))
-        sures, straddle = [], torch.zeros_like(low, dtype=torch.bool)
-        for threshold, margin in zip(thresholds, margins):
-            sure = low > threshold + margin
-            straddle |= (high > threshold - margin) & ~sure
-            sures.append(sure)
-        sures = [sure & ~straddle for sure in sures]
+        # All thresholds in one comparison each, in float32 as PyTorch compares with a Python float.
+        above = torch.tensor([t + m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
+        below = torch.tensor([t - m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
+        sure = low[:, None] > above[None, :, None, None]  # (N, T, rows, cols)
+        straddle = ((high[:, None] > below[None, :, None, None]) & ~sure).any(dim=1)
+        sure &= ~straddle[:, None]
         mask, row, col = straddle.nonzero(as_tuple=True)
         row, col = row + row0[mask], col + col0[mask]
         parts = []
+        # float32, as PyTorch compares a float32 tensor with a Python float.
+        levels = torch.tensor(thresholds, dtype=torch.float32, device=x.device)[None, :, None, None]
         for n, i, j, block_hw in self._by_block_size(mask, row, col):
             for start in range(0, len(n), _CELL_CHUNK):
                 part = slice(start, start + _CELL_CHUNK)
-                out_row, out_col, values, valid = self._cell_values(x, n[part], i[part], j[part], block_hw)
-                above = torch.stack([(values > threshold) & valid for threshold in thresholds], dim=1)
-                parts.append(_Straddling(n[part], out_row, out_col, valid, above))
-        return _Cells(row0, col0, sures, parts)
+                ni, ii, jj = n[part], i[part], j[part]
+                values = self._cell_values(x, ni, ii, jj, block_hw)  # NaN on padding: never above
+                block_h, block_w = block_hw
+                parts.append(_Straddling(
+                    ni, self.rows.block_index[ii, :block_h], self.cols.block_index[jj, :block_w],
+                    self.rows.block_valid[ii, :block_h], self.cols.block_valid[jj, :block_w],
+                    values[:, None] > levels,
+                ))
+        return _Cells(row0, col0, sure, parts)
 
     def _by_block_size(
         self, mask: torch.Tensor, row: torch.Tensor, col: torch.Tensor
@@ -301,7 +315,7 @@ class UpsamplePlan:
 
     def _window_weights(self, cells: _Cells) -> tuple[torch.Tensor, torch.Tensor]:
         """Output pixels per window row (N, rows) float64 and per window column (N, cols) float32."""
-        rows, cols = cells.sure[0].shape[1:]
+        rows, cols = cells.sure.shape[2:]
         local_r = torch.arange(rows, device=cells.row0.device)
         local_c = torch.arange(cols, device=cells.col0.device)
         cell_r = (cells.row0[:, None] + local_r).clamp(max=self.in_size - 1)
@@ -310,7 +324,7 @@ class UpsamplePlan:
 
     def _boxes(self, cells: _Cells, k: int) -> torch.Tensor:
         """(N, 4) inclusive XYXY of the pixels above thresholds[k]; zeros for empty masks (the official convention)."""
-        top, bottom, left, right = self._sure_box(cells, cells.sure[k])
+        top, bottom, left, right = self._sure_box(cells, cells.sure[:, k])
         for part in cells.straddling:
             self._merge_straddling_box(part, part.above[:, k], (top, bottom, left, right))
         empty = (top > bottom) | (left > right)
@@ -340,21 +354,17 @@ class UpsamplePlan:
 
     def _cell_values(
         self, x: torch.Tensor, ni: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, block_hw: tuple[int, int]
-    ) -> tuple[torch.Tensor, ...]:
-        """Output rows (K, block_h) and columns (K, block_w) of K cells, their (K, block_h, block_w)
-        upsampled values, and which entries are real pixels; blocks are cut to `block_hw`."""
+    ) -> torch.Tensor:
+        """(K, block_h, block_w) upsampled values of K cells, blocks cut to `block_hw`; NaN on padding."""
         rows, cols = self.rows, self.cols
         block_h, block_w = block_hw
         i2, j2 = rows.cell_next[ii], cols.cell_next[jj]
         a, b = x[ni, ii, jj][:, None], x[ni, ii, j2][:, None]
         c, d = x[ni, i2, jj][:, None], x[ni, i2, j2][:, None]
-        row_index, col_index = rows.block_index[ii, :block_h], cols.block_index[jj, :block_w]
-        wx0, wx1 = cols.weight0[col_index], cols.weight1[col_index]  # (K, block_w)
-        wy0, wy1 = rows.weight0[row_index][:, :, None], rows.weight1[row_index][:, :, None]
+        wx0, wx1 = cols.block_weight0[jj, :block_w], cols.block_weight1[jj, :block_w]  # (K, block_w)
+        wy0, wy1 = rows.block_weight0[ii, :block_h][:, :, None], rows.block_weight1[ii, :block_h][:, :, None]
         upper, lower = _blend(a, wx0, b, wx1), _blend(c, wx0, d, wx1)
-        values = _blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
-        valid = rows.block_valid[ii, :block_h][:, :, None] & cols.block_valid[jj, :block_w][:, None, :]
-        return row_index, col_index, values, valid
+        return _blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
 
     def _merge_straddling_box(self, part: _Straddling, above: torch.Tensor, box: tuple[torch.Tensor, ...]) -> None:
         """Widen (top, bottom, left, right) in place by the set pixels of straddling cells."""
