@@ -5,7 +5,7 @@ stability score, crop-edge rejection, NMS, smaller-crop preference, m2m refineme
 computed differently where that is cheaper:
 
 - masks are filtered by predicted IoU before anything touches full resolution;
-- stability scores and boxes come from the 256x256 logits exactly (`amg_upsample`), without
+- stability scores and boxes come from the 256x256 logits exactly (`upsample`), without
   upsampling whole masks; only the final records are upsampled, and only inside their boxes;
 - `min_mask_region_area` runs on CPU (OpenCV), where the official code silently skips it.
 

@@ -224,7 +224,6 @@ class UpsamplePlan:
         mask, row, col = straddle.nonzero(as_tuple=True)
         row, col = row + row0[mask], col + col0[mask]
         parts = []
-        # float32, as PyTorch compares a float32 tensor with a Python float.
         levels = torch.tensor(thresholds, dtype=torch.float32, device=x.device)[None, :, None, None]
         for n, i, j, block_hw in self._by_block_size(mask, row, col):
             for start in range(0, len(n), _CELL_CHUNK):
@@ -245,8 +244,8 @@ class UpsamplePlan:
         """Cells grouped into inner ones, with the smaller blocks of the inner cells, and the rest.
 
         The first and last cell of an axis own the output pixels clamped to the edge, so their blocks
-        can be larger (4 and 6 rows of a 768 x 1024 crop, against 3 and 4 inside); padding every
-        cell to those would evaluate twice the pixels.
+        can be larger (4 x 6 pixels in a 768 x 1024 crop, against 3 x 4 inside); padding every cell
+        to those would evaluate twice the pixels.
         """
         full = (self.rows.block_index.shape[1], self.cols.block_index.shape[1])
         inner_hw = (self._inner_block(self.rows), self._inner_block(self.cols))
