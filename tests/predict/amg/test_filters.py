@@ -135,3 +135,82 @@ def test_fill_uses_eight_connectivity_and_area_inclusive():
 def test_fill_is_a_no_op_for_zero_area():
     logits = torch.randn(2, 8, 8)
     assert fill_small_regions(logits, 0, 0.0) is logits
+
+
+def _dense_fill(logits: np.ndarray, max_area: int, threshold: float) -> np.ndarray:
+    """The fill labelled map by map over whole maps (OpenCV), no windows."""
+    import cv2
+
+    out = logits.copy()
+    for k in range(len(logits)):
+        for binary, value in ((logits[k] <= threshold, threshold + 10.0), (logits[k] > threshold, threshold - 10.0)):
+            _, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+            small = stats[:, cv2.CC_STAT_AREA] <= max_area
+            small[0] = False
+            out[k][small[labels]] = np.float32(value)
+    return out
+
+
+def _rectangles(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """Rectangles (some off the edges) with speckled insides, and flipped specks everywhere."""
+    x = np.full((n, h, w), -1.0, dtype=np.float32)
+    for k in range(n):
+        for _ in range(rng.integers(0, 4)):
+            y0, x0 = rng.integers(-3, h), rng.integers(-3, w)
+            y1, x1 = y0 + rng.integers(1, 15), x0 + rng.integers(1, 15)
+            x[k, max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = 1.0
+            inner = x[k, max(y0 + 2, 0) : max(y1 - 2, 0), max(x0 + 2, 0) : max(x1 - 2, 0)]
+            inner[...] = np.where(rng.random(inner.shape) > 0.5, 1.0, 0.0)  # 0.0 sits on the threshold: background
+        specks = rng.random((h, w)) > 0.99
+        x[k][specks] = -x[k][specks]
+    return x
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_matches_dense_labelling_on_holes_islands_and_edges(seed):
+    """Small windows around the foreground: holes and islands on, next to and away from map edges."""
+    rng = np.random.default_rng(seed)
+    logits = _rectangles(rng, 40, int(rng.integers(20, 70)), int(rng.integers(20, 70)))
+    logits[0] = -1.0  # no foreground: nothing to label
+    logits[1] = 1.0  # no background
+    logits[2, 5, 5] = 1.0  # a lone speck in an empty map
+    for max_area in (1, 2, 5, 12, 19):  # all below min(h, w): the windowed path
+        got = fill_small_regions(torch.from_numpy(logits), max_area, 0.0).numpy()
+        np.testing.assert_array_equal(got, _dense_fill(logits, max_area, 0.0))
+
+
+def test_fill_with_areas_beyond_the_map_size_labels_whole_maps():
+    rng = np.random.default_rng(9)
+    logits = _rectangles(rng, 12, 18, 30)
+    logits[0] = -1.0  # all background, area 540: filled when max_area >= 540
+    for max_area in (18, 40, 539, 540):
+        got = fill_small_regions(torch.from_numpy(logits), max_area, 0.0).numpy()
+        np.testing.assert_array_equal(got, _dense_fill(logits, max_area, 0.0))
+    assert (fill_small_regions(torch.from_numpy(logits), 540, 0.0)[0] == 10.0).all()
+
+
+def test_fill_on_decoder_like_maps_matches_dense_labelling_and_is_a_view_when_clean():
+    """Smooth blobs (one component each, many on the edges) plus a few with specks, at 256x256."""
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.rand(24, 2, 1, 1, generator=generator) * 256  # many near the edges
+    radii = torch.rand(24, 1, 1, generator=generator) * 60 + 10
+    grid = torch.arange(256.0)
+    dist = ((grid[None, :, None] - centres[:, 0]) ** 2 + (grid[None, None, :] - centres[:, 1]) ** 2).sqrt()
+    logits = (radii - dist) * 0.5  # > 0 inside the disc
+    np.testing.assert_array_equal(_dense_fill(logits.numpy(), 25, 0.0), logits.numpy())  # nothing small
+    assert fill_small_regions(logits, 25, 0.0) is logits  # no copy when nothing changes
+    logits[3, 100:103, 100:102] = -logits[3, 100:103, 100:102].sign() * 5  # a 3x2 hole or island
+    logits[4, 0, 0] = -logits[4, 0, 0].sign() * 5  # a speck in the corner
+    logits[5, 255, 128] = 0.0  # exactly at the threshold
+    expected = _dense_fill(logits.numpy(), 25, 0.0)
+    assert not np.array_equal(expected, logits.numpy())
+    np.testing.assert_array_equal(fill_small_regions(logits, 25, 0.0).numpy(), expected)
+    np.testing.assert_array_equal(fill_small_regions(logits, 25, -0.5).numpy(), _dense_fill(logits.numpy(), 25, -0.5))
+
+
+def test_fill_of_many_small_components_matches_dense_labelling():
+    """Noise (as random weights give): thousands of components per map, every window the whole map."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(6, 256, 256)).astype(np.float32)
+    got = fill_small_regions(torch.from_numpy(logits), 25, 0.0).numpy()
+    np.testing.assert_array_equal(got, _dense_fill(logits, 25, 0.0))

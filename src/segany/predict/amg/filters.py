@@ -64,34 +64,92 @@ def fill_small_regions(logits: torch.Tensor, max_area: int, mask_threshold: floa
     Args:
         logits: (N, h, w) float32 on any device.
     Returns:
-        (N, h, w) float32 on the input's device.
+        (N, h, w) float32 on the input's device; `logits` itself (as float32) when nothing changes.
     """
     if max_area <= 0 or logits.shape[0] == 0:
         return logits
-    values = logits.detach().float().cpu()
-    background = (values <= mask_threshold).numpy()
-    holes = torch.from_numpy(_small_components(background, max_area))
-    islands = torch.from_numpy(_small_components(~background, max_area))
-    filled = torch.where(holes, torch.tensor(mask_threshold + 10.0), values)
-    filled = torch.where(islands, torch.tensor(mask_threshold - 10.0), filled)
-    return filled.to(logits.device)
+    values = logits.detach().float().cpu().numpy()
+    foreground = values > np.float32(mask_threshold)  # NumPy's comparison beats PyTorch's several times on CPU
+    windows = _windows(foreground, max_area)
+    holes, islands = _small_components(foreground, windows, max_area)
+    if not holes and not islands:
+        return logits.float()
+    filled = values.copy()
+    for small, value in ((holes, mask_threshold + 10.0), (islands, mask_threshold - 10.0)):
+        for k, (top, bottom, left, right), pixels in small:
+            filled[k, top:bottom, left:right][pixels] = np.float32(value)
+    return torch.from_numpy(filled).to(logits.device)
 
 
-def _small_components(binary: np.ndarray, max_area: int) -> np.ndarray:
-    """(N, h, w) bool: pixels of 8-connected components of `binary` with area <= max_area.
+def _windows(foreground: np.ndarray, max_area: int) -> list[tuple[int, int, int, int, int]]:
+    """(map, top, bottom, left, right) half-open windows that hold every small component.
 
-    All N maps are labelled in one OpenCV call: they are stacked vertically with an empty row
-    between neighbours, so no component can span two maps.
+    A window is the map's foreground box grown by one background pixel where the map goes on. The
+    background outside the box is made of strips spanning the map's height or width, so any
+    background component reaching it has area >= min(h, w); when that exceeds max_area, such
+    components (the ones touching the grown rim) are never small and only the window needs
+    labelling. Maps without foreground then need nothing; otherwise whole maps are labelled.
     """
+    n, h, w = foreground.shape
+    if max_area >= min(h, w):
+        return [(k, 0, h, 0, w) for k in range(n)]
+    rows, cols = foreground.any(axis=2), foreground.any(axis=1)  # (n, h), (n, w)
+    has = rows.any(axis=1)
+    top, bottom = rows.argmax(axis=1), h - rows[:, ::-1].argmax(axis=1)
+    left, right = cols.argmax(axis=1), w - cols[:, ::-1].argmax(axis=1)
+    top, left = np.maximum(top - 1, 0), np.maximum(left - 1, 0)
+    bottom, right = np.minimum(bottom + 1, h), np.minimum(right + 1, w)
+    return [(k, int(top[k]), int(bottom[k]), int(left[k]), int(right[k])) for k in np.flatnonzero(has)]
+
+
+_Found = list[tuple[int, tuple[int, int, int, int], np.ndarray]]  # (map, window, pixels)
+
+
+def _small_components(
+    foreground: np.ndarray, windows: list[tuple[int, int, int, int, int]], max_area: int
+) -> tuple[_Found, _Found]:
+    """Small background and foreground components inside the windows: (map, window, bool pixels) each.
+
+    All windows are labelled in one OpenCV call per kind: they are stacked vertically, left-aligned,
+    with an empty row after each and empty padding on the right, so no component spans two windows.
+    """
+    if not windows:
+        return [], []
     cv2 = _cv2()
-    n, h, w = binary.shape
-    stacked = np.zeros((n, h + 1, w), dtype=np.uint8)
-    stacked[:, :h] = binary
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(stacked.reshape(n * (h + 1), w), connectivity=8)
-    areas = stats[:, cv2.CC_STAT_AREA].copy()
-    small = areas <= max_area
-    small[0] = False  # label 0 is everything outside `binary`
-    return small[labels].reshape(n, h + 1, w)[:, :h]
+    n, h, w = foreground.shape
+    heights = np.array([bottom - top for _, top, bottom, _, _ in windows])
+    widths = np.array([right - left for _, _, _, left, right in windows])
+    starts = np.concatenate([[0], np.cumsum(heights + 1)[:-1]])
+    shape = (int(starts[-1] + heights[-1] + 1), int(widths.max()))
+    fg_canvas, bg_canvas = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    for (k, top, bottom, left, right), y in zip(windows, starts):
+        window = foreground[k, top:bottom, left:right]
+        fg_canvas[y : y + bottom - top, : right - left] = window
+        np.logical_not(window, out=bg_canvas[y : y + bottom - top, : right - left])
+    # Rim sides: window edges that are not the map's edge (there the background goes on outside).
+    rims = np.array([(top > 0, bottom < h, left > 0, right < w) for _, top, bottom, left, right in windows])
+    found = []
+    for canvas, is_background in ((bg_canvas, True), (fg_canvas, False)):
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(canvas.view(np.uint8), connectivity=8)
+        small = stats[:, cv2.CC_STAT_AREA] <= max_area
+        small[0] = False  # label 0 is everything outside the canvas's set
+        candidates = np.flatnonzero(small)
+        box = stats[candidates]
+        owner = np.searchsorted(starts, box[:, cv2.CC_STAT_TOP], side="right") - 1
+        if is_background and len(candidates):
+            y0, x0 = box[:, cv2.CC_STAT_TOP] - starts[owner], box[:, cv2.CC_STAT_LEFT]
+            y1, x1 = y0 + box[:, cv2.CC_STAT_HEIGHT], x0 + box[:, cv2.CC_STAT_WIDTH]
+            rim = rims[owner]
+            on_rim = (rim[:, 0] & (y0 == 0)) | (rim[:, 1] & (y1 == heights[owner]))
+            on_rim |= (rim[:, 2] & (x0 == 0)) | (rim[:, 3] & (x1 == widths[owner]))
+            small[candidates[on_rim]] = False  # part of a component reaching outside the window
+            owner = owner[~on_rim]
+        found.append([
+            (windows[i][0], windows[i][1:], small[labels[starts[i] : starts[i] + heights[i], : widths[i]]])
+            for i in np.unique(owner).tolist()
+        ])
+    holes, islands = found
+    return holes, islands
 
 
 def _cv2():

@@ -5,7 +5,7 @@ stability score, crop-edge rejection, NMS, smaller-crop preference, m2m refineme
 computed differently where that is cheaper:
 
 - masks are filtered by predicted IoU before anything touches full resolution;
-- stability scores and boxes come from the 256x256 logits exactly (`amg_upsample`), without
+- stability scores and boxes come from the 256x256 logits exactly (`upsample`), without
   upsampling whole masks; only the final records are upsampled, and only inside their boxes;
 - `min_mask_region_area` runs on CPU (OpenCV), where the official code silently skips it.
 
@@ -259,10 +259,13 @@ class MaskGenerator:
         for start in range(0, len(model_points), step):
             points = model_points[start : start + step, None, :]
             labels = torch.ones(points.shape[0], 1, dtype=torch.int32)
-            mask_input = logits[start : start + step, None].clamp(-32.0, 32.0)
+            # In place: these first-pass logits are the decoder's fresh output and are dropped after this.
+            mask_input = logits[start : start + step, None].clamp_(-32.0, 32.0)
             out_logits, out_iou = self.predictor.decode(embedding, points, labels, mask_input, False)
             refined.append(out_logits[:, 0].float())
             ious.append(out_iou[:, 0].float())
+        if len(refined) == 1:  # one decoder call: no copy
+            return refined[0], ious[0]
         return torch.cat(refined), torch.cat(ious)
 
     def _plan(self, logits: torch.Tensor, crop_hw: tuple[int, int]) -> UpsamplePlan:

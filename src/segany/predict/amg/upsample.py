@@ -7,13 +7,15 @@ low-res "cell" (all output pixels sharing the same first source row and column),
 four sources are all above (below) a threshold gives an output block that is entirely above
 (below) it. Only cells straddling a threshold, typically a thin band along the mask outline, need
 their output pixels computed, with PyTorch's own index and weight arithmetic (float32), so counts
-and boxes equal those of the full upsampling.
+and boxes equal those of the full upsampling. Cells are classified on one window of the cell grid per
+mask, around the sources above the lowest threshold: outside it every block is below all thresholds.
 
 Frames: logits are (N, 256, 256) on the low-res grid of one crop; output pixels are in that crop's
 (h, w) frame; boxes are XYXY with inclusive right/bottom.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +38,8 @@ class _AxisPlan:
     cell_next: torch.Tensor  # (in,) int64 second source index of each cell
     block_index: torch.Tensor  # (in, block) int64 output indices of each cell, clamped
     block_valid: torch.Tensor  # (in, block) bool
+    block_weight0: torch.Tensor  # (in, block) float32 weight0 of each block entry; NaN on padding
+    block_weight1: torch.Tensor  # (in, block) float32 weight1 of each block entry; NaN on padding
 
 
 def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
@@ -62,6 +66,9 @@ def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
     offsets = np.arange(block)
     block_index = np.minimum(cell_start[:, None] + offsets[None, :], out_size - 1)
     block_valid = offsets[None, :] < cell_count[:, None]
+    # NaN weights make padding values NaN, which no threshold comparison counts as above.
+    block_weight0 = np.where(block_valid, weight0[block_index], np.float32(np.nan)).astype(np.float32)
+    block_weight1 = np.where(block_valid, weight1[block_index], np.float32(np.nan)).astype(np.float32)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
@@ -69,7 +76,7 @@ def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
     return _AxisPlan(
         tensor(index0), tensor(index1), tensor(weight0), tensor(weight1), tensor(cell_start.astype(np.int64)),
         tensor(cell_count.astype(np.int64)), tensor(cell_next.astype(np.int64)), tensor(block_index),
-        tensor(block_valid),
+        tensor(block_valid), tensor(block_weight0), tensor(block_weight1),
     )
 
 
@@ -97,9 +104,21 @@ class _Straddling:
     """Cells whose output block straddles a threshold, with their exact above-threshold pixels."""
 
     mask: torch.Tensor  # (K,) int64 which mask
-    row: torch.Tensor  # (K,) int64 cell row
-    col: torch.Tensor  # (K,) int64 cell column
+    out_row: torch.Tensor  # (K, block_h) int64 output rows of each cell's block (clamped on padding)
+    out_col: torch.Tensor  # (K, block_w) int64 output columns
+    row_valid: torch.Tensor  # (K, block_h) bool: real output rows, not padding
+    col_valid: torch.Tensor  # (K, block_w) bool
     above: torch.Tensor  # (K, T, block_h, block_w) bool per threshold, False on padding
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Cells of a batch against thresholds, on one window of the cell grid per mask."""
+
+    row0: torch.Tensor  # (N,) int64 cell row of each window's first row
+    col0: torch.Tensor  # (N,) int64 cell column of each window's first column
+    sure: torch.Tensor  # (N, T, rows, cols) bool: whole block > thresholds[t] (straddling cells excluded)
+    straddling: list[_Straddling]  # cells in global cell coordinates
 
 
 class UpsamplePlan:
@@ -111,7 +130,7 @@ class UpsamplePlan:
         self.device = torch.device(device)
         self.rows = _axis_plan(self.in_size, self.out_hw[0], self.device)
         self.cols = _axis_plan(self.in_size, self.out_hw[1], self.device)
-        self._occupied = (self.rows.cell_count[:, None] > 0) & (self.cols.cell_count[None, :] > 0)
+        self._all_occupied = bool((self.rows.cell_count > 0).all() and (self.cols.cell_count > 0).all())
         self._row_identity = self.in_size == self.out_hw[0]
         self._col_identity = self.in_size == self.out_hw[1]
 
@@ -128,19 +147,20 @@ class UpsamplePlan:
                      for i in range(0, logits.shape[0], _MASK_CHUNK)]
             return UpsampledStats(torch.cat([p.counts for p in parts]), torch.cat([p.boxes_xyxy for p in parts]))
         x = logits.float()
-        rows, cols = self.rows, self.cols
         distinct = sorted(set(thresholds))  # a zero stability offset repeats the mask threshold
-        sures, straddling = self._classify(x, distinct)
-        counts = torch.zeros(x.shape[0], len(distinct), dtype=torch.int64, device=x.device)
-        for k, sure in enumerate(sures):
-            # Sure cells count whole blocks: block widths summed along rows, then block heights
-            # (float64 sums of small integers are exact, also where float32 matmuls use TF32).
-            per_row = sure.double() @ cols.cell_count.double()
-            counts[:, k] = (per_row @ rows.cell_count.double()).round().long()
-            for part in straddling:
-                counts[:, k].index_add_(0, part.mask, part.above[:, k].sum(dim=(1, 2)))
+        cells = self._classify(x, distinct)
+        row_weight, col_weight = self._window_weights(cells)
+        n, _, rows, cols = cells.sure.shape
+        # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
+        # below 2**24 are exact, also from TF32 inputs: 0/1 and block widths), then block heights
+        # in float64 (exact for any crop size).
+        sure = cells.sure.reshape(n, len(distinct) * rows, cols).float()
+        per_row = torch.bmm(sure, col_weight[:, :, None]).view(n, len(distinct), rows)
+        counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
+        for part in cells.straddling:  # (uint8 sums: PyTorch sums bools through int64 copies)
+            counts.index_add_(0, part.mask, part.above.view(torch.uint8).sum(dim=(2, 3), dtype=torch.int32).long())
         box_k = distinct.index(box_threshold)
-        boxes = self._boxes(sures[box_k], [(part, part.above[:, box_k]) for part in straddling])
+        boxes = self._boxes(cells, box_k)
         order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
         return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
 
@@ -161,87 +181,170 @@ class UpsamplePlan:
         c = left[:, None] + torch.arange(win_w, device=x.device)[None, :]
         inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
-        (sure,), straddling = self._classify(x, [threshold])
-        n_index = torch.arange(x.shape[0], device=x.device)[:, None, None]
-        window = sure[n_index, rows.index0[r][:, :, None], cols.index0[c][:, None, :]]
-        for part in straddling:
+        cells = self._classify(x, [threshold])
+        sure = cells.sure[:, 0]
+        # Window-relative cells; those outside a mask's window are below the threshold.
+        cell_r, cell_c = rows.index0[r] - cells.row0[:, None], cols.index0[c] - cells.col0[:, None]
+        inside &= ((cell_r >= 0) & (cell_r < sure.shape[1]))[:, :, None]
+        inside &= ((cell_c >= 0) & (cell_c < sure.shape[2]))[:, None, :]
+        cell_r, cell_c = cell_r.clamp(0, sure.shape[1] - 1), cell_c.clamp(0, sure.shape[2] - 1)
+        # Two gathers (rows, then columns) cost a fraction of one three-index lookup per pixel.
+        n, win_cells = sure.shape[0], sure.shape[2]
+        by_row = torch.gather(sure.view(torch.uint8), 1, cell_r[:, :, None].expand(n, win_h, win_cells))
+        window = torch.gather(by_row, 2, cell_c[:, None, :].expand(n, win_h, win_w)).view(torch.bool)
+        for part in cells.straddling:
             above = part.above[:, 0]
-            out_r = rows.block_index[part.row][:, :, None] - top[part.mask][:, None, None]
-            out_c = cols.block_index[part.col][:, None, :] - left[part.mask][:, None, None]
+            out_r = part.out_row[:, :, None] - top[part.mask][:, None, None]
+            out_c = part.out_col[:, None, :] - left[part.mask][:, None, None]
             out_r, out_c = out_r.expand(above.shape), out_c.expand(above.shape)
             fits = (out_r >= 0) & (out_r < win_h) & (out_c >= 0) & (out_c < win_w)
-            fits &= rows.block_valid[part.row][:, :, None] & cols.block_valid[part.col][:, None, :]
+            fits &= part.row_valid[:, :, None] & part.col_valid[:, None, :]
             owner = part.mask[:, None, None].expand(above.shape)
             window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
         return window & inside
 
-    def _classify(self, x: torch.Tensor, thresholds: list[float]) -> tuple[list[torch.Tensor], list[_Straddling]]:
-        """Per threshold, the cells surely above it (N, in, in) bool; and the cells evaluated exactly.
+    def _classify(self, x: torch.Tensor, thresholds: list[float]) -> _Cells:
+        """Per threshold, the cells surely above it; and the cells evaluated exactly.
 
         A blend of sources that are all > t + margin is > t, and of sources all <= t - margin is <= t:
         rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
-        covers. A cell that is not sure for every threshold straddles: its pixels are computed once
-        and compared with all thresholds, and it is left out of every sure map.
+        covers. So a cell whose sources' minimum is > t + margin is sure, one whose maximum is
+        <= t - margin is below, and the rest straddle: their pixels are computed once and compared
+        with all thresholds, and they are left out of every sure map. A NaN source makes the whole
+        block NaN (never above), as min/max propagate it into "not sure, not straddling".
         """
-        sures, straddle = [], None
-        for threshold in thresholds:
-            margin = 1e-5 * abs(threshold) + 1e-6
-            sure = self._all_in_cell(x > threshold + margin) & self._occupied
-            maybe = self._any_in_cell(x > threshold - margin) & self._occupied & ~sure
-            straddle = maybe if straddle is None else straddle | maybe
-            sures.append(sure)
-        sures = [sure & ~straddle for sure in sures]
+        margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
+        row0, col0, low, high = self._cell_bounds(x, min(t - m for t, m in zip(thresholds, margins)))
+        # All thresholds in one comparison each, in float32 as PyTorch compares with a Python float.
+        above = torch.tensor([t + m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
+        below = torch.tensor([t - m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
+        sure = low[:, None] > above[None, :, None, None]  # (N, T, rows, cols)
+        straddle = ((high[:, None] > below[None, :, None, None]) & ~sure).any(dim=1)
+        sure &= ~straddle[:, None]
         mask, row, col = straddle.nonzero(as_tuple=True)
+        row, col = row + row0[mask], col + col0[mask]
         parts = []
-        for start in range(0, len(mask), _CELL_CHUNK):
-            part = slice(start, start + _CELL_CHUNK)
-            n, i, j = mask[part], row[part], col[part]
-            values, valid = self._cell_values(x, n, i, j)
-            above = torch.stack([(values > threshold) & valid for threshold in thresholds], dim=1)
-            parts.append(_Straddling(n, i, j, above))
-        return sures, parts
+        levels = torch.tensor(thresholds, dtype=torch.float32, device=x.device)[None, :, None, None]
+        for n, i, j, block_hw in self._by_block_size(mask, row, col):
+            for start in range(0, len(n), _CELL_CHUNK):
+                part = slice(start, start + _CELL_CHUNK)
+                ni, ii, jj = n[part], i[part], j[part]
+                values = self._cell_values(x, ni, ii, jj, block_hw)  # NaN on padding: never above
+                block_h, block_w = block_hw
+                parts.append(_Straddling(
+                    ni, self.rows.block_index[ii, :block_h], self.cols.block_index[jj, :block_w],
+                    self.rows.block_valid[ii, :block_h], self.cols.block_valid[jj, :block_w],
+                    values[:, None] > levels,
+                ))
+        return _Cells(row0, col0, sure, parts)
 
-    def _all_in_cell(self, above: torch.Tensor) -> torch.Tensor:
-        """(N, in, in) bool: all of each cell's 2x2 sources are set (source rows/cols i and i+1)."""
-        out = above.clone()
-        if not self._row_identity:
-            out[:, :-1, :] &= above[:, 1:, :]
-        if not self._col_identity:
-            out[:, :, :-1] &= out[:, :, 1:].clone()
-        return out
+    def _by_block_size(
+        self, mask: torch.Tensor, row: torch.Tensor, col: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]]:
+        """Cells grouped into inner ones, with the smaller blocks of the inner cells, and the rest.
 
-    def _any_in_cell(self, above: torch.Tensor) -> torch.Tensor:
-        """(N, in, in) bool: any of each cell's 2x2 sources is set."""
-        out = above.clone()
-        if not self._row_identity:
-            out[:, :-1, :] |= above[:, 1:, :]
-        if not self._col_identity:
-            out[:, :, :-1] |= out[:, :, 1:].clone()
-        return out
-
-    def _boxes(self, sure: torch.Tensor, straddling: list[tuple[_Straddling, torch.Tensor]]) -> torch.Tensor:
-        """(N, 4) inclusive XYXY of the set pixels; zeros for empty masks (the official convention).
-
-        `straddling` pairs each part with its (K, block_h, block_w) above-threshold pixels.
+        The first and last cell of an axis own the output pixels clamped to the edge, so their blocks
+        can be larger (4 x 6 pixels in a 768 x 1024 crop, against 3 x 4 inside); padding every cell
+        to those would evaluate twice the pixels.
         """
-        top, bottom, left, right = self._sure_box(sure)
-        for part, above in straddling:
-            self._merge_straddling_box(part, above, (top, bottom, left, right))
+        full = (self.rows.block_index.shape[1], self.cols.block_index.shape[1])
+        inner_hw = (self._inner_block(self.rows), self._inner_block(self.cols))
+        if inner_hw == full:
+            return [(mask, row, col, full)]
+        last = self.in_size - 1
+        inner = (row > 0) & (row < last) & (col > 0) & (col < last)
+        # One stable sort puts the inner cells first; the rest are few (cells on the grid's edges).
+        order = torch.argsort(~inner, stable=True)
+        split = int(inner.sum())
+        mask, row, col = mask[order], row[order], col[order]
+        groups = [(slice(0, split), inner_hw), (slice(split, None), full)]
+        return [(mask[g], row[g], col[g], hw) for g, hw in groups if len(mask[g])]
+
+    def _inner_block(self, axis: _AxisPlan) -> int:
+        """Output indices per cell, at most, over the cells that are neither first nor last."""
+        counts = axis.cell_count[1:-1]
+        return max(int(counts.max()), 1) if len(counts) else axis.block_index.shape[1]
+
+    def _cell_bounds(self, x: torch.Tensor, floor: float) -> tuple[torch.Tensor, ...]:
+        """Each mask's window of cells that have a source > floor, and the min/max of every cell's sources.
+
+        Returns row0, col0 (N,) int64 and low, high (N, rows, cols) float32, -inf outside a mask's
+        window and on cells that own no output pixel (so they are never sure and never straddle).
+        """
+        n, size = x.shape[0], self.in_size
+        # NaN rows count as reaching the floor: a window may be larger than needed, never smaller.
+        row0, rows_n = self._axis_window(~(x.amax(dim=2) <= floor), self._row_identity)
+        col0, cols_n = self._axis_window(~(x.amax(dim=1) <= floor), self._col_identity)
+        height = max(int(rows_n.max()), 1) if n else 1
+        width = max(int(cols_n.max()), 1) if n else 1
+        # Sources of the window's cells: one more row/column on interpolated axes (cell i blends
+        # sources i and i + 1), clamped where the last cell blends the last source with itself.
+        local_r = torch.arange(height + (not self._row_identity), device=x.device)
+        local_c = torch.arange(width + (not self._col_identity), device=x.device)
+        src_r = (row0[:, None] + local_r).clamp(max=size - 1)
+        src_c = (col0[:, None] + local_c).clamp(max=size - 1)
+        flat = (src_r[:, :, None] * size + src_c[:, None, :]).flatten(1)
+        sources = torch.gather(x.reshape(n, size * size), 1, flat).view(n, len(local_r), len(local_c))
+        low = high = sources
+        if not self._row_identity:
+            low, high = torch.minimum(low[:, :-1], low[:, 1:]), torch.maximum(high[:, :-1], high[:, 1:])
+        if not self._col_identity:
+            low = torch.minimum(low[:, :, :-1], low[:, :, 1:])
+            high = torch.maximum(high[:, :, :-1], high[:, :, 1:])
+        row_ok = local_r[:height] < rows_n[:, None]
+        col_ok = local_c[:width] < cols_n[:, None]
+        if not self._all_occupied:  # downsampling: some cells own no output pixel
+            row_ok &= self.rows.cell_count[src_r[:, :height]] > 0
+            col_ok &= self.cols.cell_count[src_c[:, :width]] > 0
+        outside = ~(row_ok[:, :, None] & col_ok[:, None, :])
+        return row0, col0, low.masked_fill(outside, -math.inf), high.masked_fill(outside, -math.inf)
+
+    @staticmethod
+    def _axis_window(reaches: torch.Tensor, identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) first cell and cell count of the cells whose sources include a set entry of (N, in) `reaches`."""
+        size = reaches.shape[1]
+        index = torch.arange(size, device=reaches.device, dtype=torch.int32)
+        has = reaches.any(dim=1)
+        first = torch.where(reaches, index, size).amin(dim=1).long()
+        last = torch.where(reaches, index, -1).amax(dim=1).long()
+        if not identity:  # cell i - 1 blends source i too
+            first = (first - 1).clamp(min=0)
+        count = torch.where(has, last - first + 1, 0)
+        return torch.where(has, first, 0), count
+
+    def _window_weights(self, cells: _Cells) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output pixels per window row (N, rows) float64 and per window column (N, cols) float32."""
+        rows, cols = cells.sure.shape[2:]
+        local_r = torch.arange(rows, device=cells.row0.device)
+        local_c = torch.arange(cols, device=cells.col0.device)
+        cell_r = (cells.row0[:, None] + local_r).clamp(max=self.in_size - 1)
+        cell_c = (cells.col0[:, None] + local_c).clamp(max=self.in_size - 1)
+        return self.rows.cell_count[cell_r].double(), self.cols.cell_count[cell_c].float()
+
+    def _boxes(self, cells: _Cells, k: int) -> torch.Tensor:
+        """(N, 4) inclusive XYXY of the pixels above thresholds[k]; zeros for empty masks (the official convention)."""
+        top, bottom, left, right = self._sure_box(cells, cells.sure[:, k])
+        for part in cells.straddling:
+            self._merge_straddling_box(part, part.above[:, k], (top, bottom, left, right))
         empty = (top > bottom) | (left > right)
         boxes = torch.stack([left, top, right, bottom], dim=1)
         return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
 
-    def _sure_box(self, sure: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _sure_box(self, cells: _Cells, sure: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inclusive pixel extent (top, bottom, left, right) of the sure cells; empty as top > bottom."""
         rows, cols = self.rows, self.cols
         out_h, out_w = self.out_hw
-        cells = torch.arange(self.in_size, device=sure.device)
-        row_has, col_has = sure.any(dim=2), sure.any(dim=1)  # (N, in)
-        first_row = torch.where(row_has, cells, self.in_size - 1).amin(dim=1)
-        last_row = torch.where(row_has, cells, 0).amax(dim=1)
-        first_col = torch.where(col_has, cells, self.in_size - 1).amin(dim=1)
-        last_col = torch.where(col_has, cells, 0).amax(dim=1)
+        row_has, col_has = sure.any(dim=2), sure.any(dim=1)  # (N, window rows), (N, window cols)
+        local_r = torch.arange(sure.shape[1], device=sure.device, dtype=torch.int32)
+        local_c = torch.arange(sure.shape[2], device=sure.device, dtype=torch.int32)
+        first_row = torch.where(row_has, local_r, sure.shape[1] - 1).amin(dim=1) + cells.row0
+        last_row = torch.where(row_has, local_r, 0).amax(dim=1) + cells.row0
+        first_col = torch.where(col_has, local_c, sure.shape[2] - 1).amin(dim=1) + cells.col0
+        last_col = torch.where(col_has, local_c, 0).amax(dim=1) + cells.col0
         has = row_has.any(dim=1)
+        # Clamped only for masks without sure cells, whose values are then replaced.
+        first_row, last_row = first_row.clamp(max=self.in_size - 1), last_row.clamp(max=self.in_size - 1)
+        first_col, last_col = first_col.clamp(max=self.in_size - 1), last_col.clamp(max=self.in_size - 1)
         top = torch.where(has, rows.cell_start[first_row], out_h)
         bottom = torch.where(has, rows.cell_start[last_row] + rows.cell_count[last_row] - 1, -1)
         left = torch.where(has, cols.cell_start[first_col], out_w)
@@ -249,28 +352,31 @@ class UpsamplePlan:
         return top, bottom, left, right
 
     def _cell_values(
-        self, x: torch.Tensor, ni: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, block_h, block_w) upsampled values of K cells, and which entries are real pixels."""
+        self, x: torch.Tensor, ni: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, block_hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """(K, block_h, block_w) upsampled values of K cells, blocks cut to `block_hw`; NaN on padding."""
         rows, cols = self.rows, self.cols
+        block_h, block_w = block_hw
         i2, j2 = rows.cell_next[ii], cols.cell_next[jj]
         a, b = x[ni, ii, jj][:, None], x[ni, ii, j2][:, None]
         c, d = x[ni, i2, jj][:, None], x[ni, i2, j2][:, None]
-        row_index, col_index = rows.block_index[ii], cols.block_index[jj]
-        wx0, wx1 = cols.weight0[col_index], cols.weight1[col_index]  # (K, block_w)
-        wy0, wy1 = rows.weight0[row_index][:, :, None], rows.weight1[row_index][:, :, None]
+        wx0, wx1 = cols.block_weight0[jj, :block_w], cols.block_weight1[jj, :block_w]  # (K, block_w)
+        wy0, wy1 = rows.block_weight0[ii, :block_h][:, :, None], rows.block_weight1[ii, :block_h][:, :, None]
         upper, lower = _blend(a, wx0, b, wx1), _blend(c, wx0, d, wx1)
-        values = _blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
-        valid = rows.block_valid[ii][:, :, None] & cols.block_valid[jj][:, None, :]
-        return values, valid
+        return _blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
 
     def _merge_straddling_box(self, part: _Straddling, above: torch.Tensor, box: tuple[torch.Tensor, ...]) -> None:
         """Widen (top, bottom, left, right) in place by the set pixels of straddling cells."""
         top, bottom, left, right = box
         out_h, out_w = self.out_hw
-        row_index, col_index = self.rows.block_index[part.row], self.cols.block_index[part.col]
+        # int32: PyTorch's CPU min/max over a short last dimension is far slower for int64.
+        row_index, col_index = part.out_row.int(), part.out_col.int()
         row_has, col_has = above.any(dim=2), above.any(dim=1)  # (K, block_h), (K, block_w)
-        top.scatter_reduce_(0, part.mask, torch.where(row_has, row_index, out_h).amin(dim=1), reduce="amin")
-        bottom.scatter_reduce_(0, part.mask, torch.where(row_has, row_index, -1).amax(dim=1), reduce="amax")
-        left.scatter_reduce_(0, part.mask, torch.where(col_has, col_index, out_w).amin(dim=1), reduce="amin")
-        right.scatter_reduce_(0, part.mask, torch.where(col_has, col_index, -1).amax(dim=1), reduce="amax")
+        first_row = torch.where(row_has, row_index, out_h).amin(dim=1).long()
+        last_row = torch.where(row_has, row_index, -1).amax(dim=1).long()
+        first_col = torch.where(col_has, col_index, out_w).amin(dim=1).long()
+        last_col = torch.where(col_has, col_index, -1).amax(dim=1).long()
+        top.scatter_reduce_(0, part.mask, first_row, reduce="amin")
+        bottom.scatter_reduce_(0, part.mask, last_row, reduce="amax")
+        left.scatter_reduce_(0, part.mask, first_col, reduce="amin")
+        right.scatter_reduce_(0, part.mask, last_col, reduce="amax")
