@@ -143,9 +143,8 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm2(queries + _token_to_image(self.cross_attn_token_to_image, queries + query_pe, keys_pe, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        fast = fused.active(keys, keys)
         i2t = self.cross_attn_image_to_token
-        if fast:
+        if fused.active(keys, keys):
             in_place = keys_owned and keys.shape[0] == queries.shape[0] and keys.is_contiguous()
             keys = i2t.image_to_tokens(keys_pe, queries + query_pe, queries, residual=keys, in_place=in_place)
         else:
