@@ -166,12 +166,3 @@ class ModelPool:
                 built = (image, video)
                 self._video[variant] = built
             return built[1]
-        async with self._locks.setdefault(variant, asyncio.Lock()):
-            video = self._video.get(variant)
-            if video is None or video.image is not image:
-                spec = get_variant(variant)
-                checkpoint = self.checkpoint_for(variant) or await asyncio.to_thread(resolve_checkpoint, spec)
-                log.info("adding the video modules of %s (checkpoint %s)", variant, checkpoint)
-                video = await asyncio.to_thread(compose_video_model, image, checkpoint)
-                self._video[variant] = video
-            return video

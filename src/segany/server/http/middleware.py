@@ -87,47 +87,57 @@ class GuardMiddleware:
             self.metrics.latency.observe(time.perf_counter() - started, route=label)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            reader, body = await self._admit(scope, receive)
+        except SeganyError as error:
+            response = self.render_error(scope.get("path", ""), describe(error))
+            await response(scope, receive, send)
+            return
+        if reader is None:
+            await self.app(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect as usual
+
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            reader.release()
+
+    async def _admit(self, scope: Scope, receive: Receive) -> tuple[BodyReader | None, bytes]:
+        """Check the key and, for body methods, read the whole body under the limits and the body budget.
+
+        Returns the reader holding the body's share of the budget (release it when the route has answered)
+        and the body; (None, b"") for methods without a body. On failure the budget is released here.
+        """
         path = scope.get("path", "")
         method = scope.get("method", "GET")
         headers = _headers(scope)
         query = scope.get("query_string", b"").decode("latin-1")
-        body: bytes | None = None
-        reader: BodyReader | None = None
+        if method not in _BODY_METHODS:
+            check_request(path, headers, query, None, self.api_keys, method)
+            return None, b""
+        length = headers.get("content-length")
+        declared = int(length) if length and length.isdigit() else None
+        reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
         try:
-            try:
-                if method in _BODY_METHODS:
-                    length = headers.get("content-length")
-                    declared = int(length) if length and length.isdigit() else None
-                    reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
-                    if wants_body_key(path, headers, query, self.api_keys, method):
-                        # Only a bounded start of an unauthenticated body is read to find its key.
-                        head = await reader.read_up_to(BODY_KEY_SCAN_BYTES)
-                        check_request(path, headers, query, head, self.api_keys, method)
-                    else:
-                        check_request(path, headers, query, None, self.api_keys, method)  # before any body byte
-                    reader.charge_to(self.bodies)  # authenticated: now its bytes may take server memory
-                    body = await reader.read_all()
-                    if "json" in headers.get("content-type", "json"):  # JSON bodies (and untyped ones routes parse)
-                        check_json_depth(body)
-                else:
-                    check_request(path, headers, query, None, self.api_keys, method)
-            except SeganyError as error:
-                response = self.render_error(path, describe(error))
-                await response(scope, receive, send)
-                return
-            if body is None:
-                await self.app(scope, receive, send)
-                return
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()  # after the body: wait for the disconnect as usual
-
-            await self.app(scope, replay, send)
-        finally:
-            if reader is not None:
-                reader.release()
+            if wants_body_key(path, headers, query, self.api_keys, method):
+                # Only a bounded start of an unauthenticated body is read to find its key.
+                head = await reader.read_up_to(BODY_KEY_SCAN_BYTES)
+                check_request(path, headers, query, head, self.api_keys, method)
+            else:
+                check_request(path, headers, query, None, self.api_keys, method)  # before any body byte
+            reader.charge_to(self.bodies)  # authenticated: now its bytes may take server memory
+            body = await reader.read_all()
+            if "json" in headers.get("content-type", "json"):  # JSON bodies (and untyped ones routes parse)
+                check_json_depth(body)
+        except BaseException:  # errors and disconnects alike give the budget back
+            reader.release()
+            raise
+        return reader, body
