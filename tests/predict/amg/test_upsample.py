@@ -1,6 +1,7 @@
 """Counts, boxes and windows from low-res logits equal those of the full bilinear upsampling."""
 from __future__ import annotations
 
+import math
 import platform
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segany.predict.amg.upsample import UpsamplePlan
+from segany.predict.amg.upsample import DENSE_SHARE, UpsamplePlan
 
 THRESHOLDS = [-1.0, 0.0, 1.0]
 
@@ -34,9 +35,12 @@ def _dense_box(mask: torch.Tensor) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
 
 
-def _assert_equals_dense(x: torch.Tensor, size_hw: tuple[int, int], thresholds: list[float], box_threshold: float) -> None:
+def _assert_equals_dense(
+    x: torch.Tensor, size_hw: tuple[int, int], thresholds: list[float], box_threshold: float,
+    dense_share: float = DENSE_SHARE,
+) -> None:
     """Counts, boxes and windows of the plan against the full `F.interpolate` upsampling."""
-    plan = UpsamplePlan(x.shape[-1], size_hw)
+    plan = UpsamplePlan(x.shape[-1], size_hw, dense_share=dense_share)
     stats = plan.stats(x, thresholds, box_threshold)
     dense = _dense(x, size_hw)
     expected = torch.stack([(dense > t).flatten(1).sum(1) for t in thresholds], dim=1)
@@ -77,6 +81,24 @@ def test_edges_corners_and_tiny_crops_equal_dense_upsampling(size_hw):
     x = torch.cat([_edge_logits(), _smooth_logits(6, seed=3)])
     _assert_equals_dense(x, size_hw, THRESHOLDS, 0.0)
     _assert_equals_dense(x, size_hw, [-0.5, -0.5, 0.25], -0.5)
+
+
+@pytest.mark.parametrize("dense_share", [0.0, math.inf], ids=["all-dense", "all-cells"])
+@pytest.mark.parametrize("size_hw", [(427, 640), (120, 90), (2, 7)])
+def test_each_route_alone_equals_dense_upsampling(size_hw, dense_share):
+    x = torch.cat([_edge_logits(), _smooth_logits(6, seed=3)])
+    x[12, 128, 128] = float("nan")  # the noisy map
+    x[13, 255, :] = float("nan")
+    _assert_equals_dense(x, size_hw, THRESHOLDS, 0.0, dense_share)
+
+
+def test_maps_straddling_most_cells_take_the_dense_route_and_blobs_the_cells():
+    grid = torch.arange(256.0)
+    blob = 10 - ((grid[:, None] - 100) ** 2 + (grid[None, :] - 150) ** 2) / 300  # three circular contours
+    x = torch.stack([_smooth_logits(5, seed=3)[4], blob, torch.zeros(256, 256)])  # noisy, blob, on a threshold
+    cells = UpsamplePlan(256, (427, 640))._classify(x, THRESHOLDS)
+    assert cells.dense.tolist() == [0, 2]
+    _assert_equals_dense(x, (427, 640), THRESHOLDS, 0.0)
 
 
 def test_empty_masks_and_empty_batches():
