@@ -22,6 +22,14 @@ def test_auto_dtype_follows_the_cpu(tiny_checkpoint):
     assert model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.float32
 
 
+def test_oneDNN_capped_below_avx512_means_float32(tiny_checkpoint, monkeypatch):
+    """Capping oneDNN at AVX2 (how an AVX2 machine is emulated) leaves it no bf16 linear: float32 must be picked."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cpu_supports_bf16()
+    model = segany.load_model("sam2.1_hiera_tiny", checkpoint=tiny_checkpoint, device="cpu")
+    assert model.dtype == torch.float32
+
+
 def test_bf16_masks_match_float32_goldens(tiny_checkpoint):
     """Mean mask IoU against the official float32 outputs (bench/bf16_accuracy.py reports every variant)."""
     model = segany.load_model("sam2.1_hiera_tiny", checkpoint=tiny_checkpoint, device="cpu", dtype=torch.bfloat16)
