@@ -1,6 +1,6 @@
 """Time automatic mask generation per image, split into encoder, decoder and post-processing.
 
-    python bench/bench_amg.py [--cases synthetic,tiny-fp32,tiny-bf16,replicate-synthetic,replicate-bf16]
+    python bench/bench_amg.py [--cases synthetic,tiny-fp32,tiny-bf16,replicate-synthetic,replicate-bf16,issue16-fp32]
                               [--variant tiny] [--device cpu] [--repeats 1] [--quick] [--no-peer]
 
 Cases (image: ../shared/fixtures/images/coffee.png resized to 1024x768):
@@ -11,13 +11,16 @@ Cases (image: ../shared/fixtures/images/coffee.png resized to 1024x768):
   replicate-*          the Replicate preset: 64 points per side, one crop layer, downscale factor 2, m2m,
                        single-mask output (pred_iou 0.7, stability 0.92 offset 0.7, min region area 25, batch 128),
                        with the synthetic decoder or the model in bfloat16
+  issue16-fp32         the issue's yardstick: 16 points per side, no filters (pred_iou and stability 0), the
+                       real-size model in float32, on coffee.png resized to 640x427
 
 The predictor is wrapped so that every `embed` and `decode` call is timed (CUDA synchronized);
 post-processing is the rest of `generate`. The `dense peer` line times, in the same run and on the same
 decoded batches, the official generator's way of post-processing (every mask upsampled to the crop size,
 stability and boxes on the full-resolution masks, RLE of the survivors) against segany's, for the
-single-crop synthetic case. `vs 110 s` is the issue's measurement of the official generator (tiny, 32 per
-side, 1024x768) on the reference machine, not something this script measures.
+single-crop synthetic case. `official s / this` divides an official-generator time the issues measured on a
+2-core AVX2 EPYC (110 s for tiny-fp32's setting, 46.6 s for issue16-fp32's) by this run's: a yardstick
+from another machine, not something this script measures.
 """
 from __future__ import annotations
 
@@ -42,15 +45,18 @@ from _common import IMAGES, SHARED, print_table, random_checkpoint
 SHORT_NAMES = {"tiny": "sam2.1_hiera_tiny", "small": "sam2.1_hiera_small",
                "base_plus": "sam2.1_hiera_base_plus", "large": "sam2.1_hiera_large"}
 IMAGE_WH = (1024, 768)
-OFFICIAL_SECONDS = 110.0  # the issue's official-generator time (tiny, 32/side, 1024x768)
+ISSUE_IMAGE_WH = (640, 427)
 GRID = dict(points_per_side=32)
+ISSUE_GRID = dict(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+# Official-generator seconds per image measured in the issues (tiny, float32, 2-core AVX2 EPYC).
+OFFICIAL_SECONDS = {"tiny-fp32": 110.0, "issue16-fp32": 46.6}
 SYNTHETIC_GRID = dict(points_per_side=32, pred_iou_thresh=0.7, stability_score_thresh=0.85)
 REPLICATE = dict(
     points_per_side=64, points_per_batch=128, pred_iou_thresh=0.7, stability_score_thresh=0.92,
     stability_score_offset=0.7, crop_n_layers=1, box_nms_thresh=0.7, crop_n_points_downscale_factor=2,
     min_mask_region_area=25, use_m2m=True, multimask_output=False,
 )
-CASES = ("synthetic", "tiny-fp32", "tiny-bf16", "replicate-synthetic", "replicate-bf16")
+CASES = ("synthetic", "tiny-fp32", "tiny-bf16", "replicate-synthetic", "replicate-bf16", "issue16-fp32")
 
 
 @dataclass
@@ -187,11 +193,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     device = torch.device(args.device)
-    grid, synthetic_grid, replicate = dict(GRID), dict(SYNTHETIC_GRID), dict(REPLICATE)
+    grid, synthetic_grid, replicate, issue_grid = dict(GRID), dict(SYNTHETIC_GRID), dict(REPLICATE), dict(ISSUE_GRID)
     if args.quick:
-        grid["points_per_side"] = synthetic_grid["points_per_side"] = 8
+        grid["points_per_side"] = synthetic_grid["points_per_side"] = issue_grid["points_per_side"] = 8
         replicate["points_per_side"] = 16
-    image = np.asarray(Image.open(IMAGES / "coffee.png").convert("RGB").resize(IMAGE_WH, Image.BILINEAR))
+    photo = Image.open(IMAGES / "coffee.png").convert("RGB")
+    image = np.asarray(photo.resize(IMAGE_WH, Image.BILINEAR))
+    issue_image = np.asarray(photo.resize(ISSUE_IMAGE_WH, Image.BILINEAR))
     print(f"# image {IMAGE_WH[0]}x{IMAGE_WH[1]}, device {device}, torch threads {torch.get_num_threads()}, "
           f"grid {grid['points_per_side']}/side, preset {replicate['points_per_side']}/side", flush=True)
 
@@ -207,25 +215,26 @@ def main() -> None:
         return predictors[key]
 
     plan = {
-        "synthetic": (lambda: synthetic, synthetic_grid),
-        "tiny-fp32": (lambda: real(torch.float32), grid),
-        "tiny-bf16": (lambda: real(torch.bfloat16), grid),
-        "replicate-synthetic": (lambda: synthetic, replicate),
-        "replicate-bf16": (lambda: real(torch.bfloat16), replicate),
+        "synthetic": (lambda: synthetic, synthetic_grid, image),
+        "tiny-fp32": (lambda: real(torch.float32), grid, image),
+        "tiny-bf16": (lambda: real(torch.bfloat16), grid, image),
+        "replicate-synthetic": (lambda: synthetic, replicate, image),
+        "replicate-bf16": (lambda: real(torch.bfloat16), replicate, image),
+        "issue16-fp32": (lambda: real(torch.float32), issue_grid, issue_image),
     }
+    header = ["case", "records", "s/image", "encoder %", "decoder %", "post %", "official s / this"]
     rows = []
     for case in cases:
-        make, params = plan[case]
-        result = run_case(case.replace("tiny", args.variant), make(), device, image, params, args.repeats)
+        make, params, case_image = plan[case]
+        result = run_case(case.replace("tiny", args.variant), make(), device, case_image, params, args.repeats)
         total = float(np.median(result.seconds))
         post = max(total - result.embed_s - result.decode_s, 0.0)
-        comparable = params is grid and not args.quick  # the issue's 110 s: model, 32/side, defaults
-        vs_official = OFFICIAL_SECONDS / total if comparable else None
+        official = OFFICIAL_SECONDS.get(case) if args.variant == "tiny" and not args.quick else None
         rows.append([result.case, result.records, total, 100 * result.embed_s / total, 100 * result.decode_s / total,
-                     100 * post / total, vs_official])
-        print_table(["case", "records", "s/image", "encoder %", "decoder %", "post %", "vs 110 s"], rows[-1:])
+                     100 * post / total, official / total if official else None])
+        print_table(header, rows[-1:])
     print()
-    print_table(["case", "records", "s/image", "encoder %", "decoder %", "post %", "vs 110 s"], rows)
+    print_table(header, rows)
     if not args.no_peer:
         dense_s, ours_s = dense_peer(synthetic, image, synthetic_grid, device)
         print()
