@@ -1,6 +1,7 @@
 """SAM 2 mask decoder: two-way transformer over prompt and image tokens, hypernetwork mask heads."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import torch
@@ -46,6 +47,18 @@ def _patch_linear(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]
     """
     weight = conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)  # (2 * 2 * C_out, C_in)
     return weight.contiguous(), conv.bias.repeat(4)
+
+
+@functools.lru_cache(maxsize=8)
+def _image_order(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(16hw,) int64: for each upscaled pixel in image order, its position in `_masks_by_pixel`'s patch order.
+
+    Patch order is (i, j, a, c, a', c') for token (i, j) and patch offsets (a, c) then (a', c'); image
+    order is row 4i + 2a + a', column 4j + 2c + c'. One gather by this index moves a mask into the grid ~5x
+    faster than copying through the 7-d permute, whose innermost runs are 2 elements long.
+    """
+    patch = torch.arange(16 * h * w, device=device).view(h, w, 2, 2, 2, 2)
+    return patch.permute(0, 2, 4, 1, 3, 5).reshape(-1).contiguous()
 
 
 def _same_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -202,13 +215,14 @@ class MaskDecoder(nn.Module):
         feat0 = feat_s0[0].reshape(c2, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(h * w * 4, 4 * c2)
         feat1, feat0 = feat1.to(keys.dtype).contiguous(), feat0.to(keys.dtype).contiguous()
         masks = keys.new_empty((b, hyper_in.shape[1], 4 * h, 4 * w), dtype=torch.float32)
+        image_order = _image_order(h, w, keys.device)
         for k in range(b):
             up = fused.affine(keys[k], w1, b1, residual=feat1).view(-1, c1)  # (hw * 4, C/4)
             up = F.gelu(F.layer_norm(up, (c1,), ln1.weight, ln1.bias, ln1.eps))
             up = fused.affine(up, w2, b2, residual=feat0).view(-1, c2)  # (hw * 16, C/8)
             up = F.gelu(up)
-            per_pixel = hyper_in[k] @ up.transpose(0, 1)  # (4, hw * 16), each mask's pixels contiguous
-            masks[k] = per_pixel.view(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
+            per_pixel = (hyper_in[k] @ up.transpose(0, 1)).float()  # (4, hw * 16), each mask's pixels contiguous
+            torch.index_select(per_pixel, 1, image_order, out=masks[k].view(per_pixel.shape[0], -1))
         return masks
 
     def _stability(self, logits: torch.Tensor) -> torch.Tensor:
