@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import segany
 from segany.model import fused, hiera
 from segany.model.hiera import MultiScaleBlock
 
@@ -76,3 +77,31 @@ def test_position_embedding_cache_follows_the_weights():
     with torch.inference_mode():
         again = trunk.position_embedding((16, 16))
     torch.testing.assert_close(again, first + 1.0)
+
+
+class _FixedStages(nn.Module):
+    """A trunk stand-in that returns given stage features, so both routes start from the same ones."""
+
+    def __init__(self, stages: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.stages = stages
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.stages
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-4), (torch.bfloat16, 0.05)])
+def test_composed_high_res_maps_equal_neck_then_projection(tiny_checkpoint, dtype, atol):
+    """On CPU fast paths levels 0 and 1 skip the neck: its 1x1 lateral and the decoder's projection as one map."""
+    model = segany.load_model("sam2.1_hiera_tiny", checkpoint=tiny_checkpoint, device="cpu", dtype=dtype)
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        model.trunk = _FixedStages(model.trunk(images.to(dtype)))
+        fast = model.encode_levels(images)
+        with fused.plain():
+            official = model.encode_levels(images)
+    assert bool(model._high_res_maps) == fused._ONEDNN  # the composed route ran where it can
+    for got, want in zip(fast, official):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=atol)

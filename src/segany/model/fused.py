@@ -31,8 +31,9 @@ _plain_only = contextvars.ContextVar("segany_plain_linear", default=False)
 
 @contextlib.contextmanager
 def plain() -> Iterator[None]:
-    """Run the official order of operations inside: every `linear` on the plain ATen ops, and the mask
-    decoder's attention and upscaling as the official modules (no reassociated CPU routes).
+    """Run the official order of operations inside: every `linear` on the plain ATen ops, the mask
+    decoder's attention and upscaling as the official modules, and the high-resolution features as the
+    neck's level then the decoder's projection (no reassociated CPU routes).
 
     Video tracking needs this: the official tracker binarises masks and fills small holes before it
     encodes a memory, and stores memories rounded to bfloat16, so a last-bit difference in a frame's

@@ -25,23 +25,27 @@ class FpnNeck(nn.Module):
             self.convs.append(lateral)
         self.fpn_top_down_levels = set(fpn_top_down_levels)
 
-    def forward(self, stage_features: list[torch.Tensor], scalp: int = 1) -> list[torch.Tensor]:
-        """Stage features (highest resolution first) -> fused levels, highest resolution first.
+    def lateral(self, level: int) -> nn.Conv2d:
+        """The 1x1 convolution of stage `level` (0 = highest resolution)."""
+        return self.convs[len(self.convs) - 1 - level].conv
+
+    def forward(self, stage_features: list[torch.Tensor], scalp: int = 1, first_level: int = 0) -> list[torch.Tensor]:
+        """Stage features (highest resolution first) -> fused levels `first_level`.., highest resolution first.
 
         The `scalp` lowest-resolution levels are dropped from the result (the official encoder
-        drops one); they still feed the top-down path.
+        drops one); they still feed the top-down path. Levels below `first_level` are not computed.
         """
         n = len(self.convs) - 1
         out: list[torch.Tensor | None] = [None] * len(self.convs)
         above = None
-        for level in range(n, -1, -1):
+        for level in range(n, first_level - 1, -1):
             lateral = self.convs[n - level](stage_features[level])
             if level in self.fpn_top_down_levels and above is not None:
                 above = lateral + F.interpolate(above, scale_factor=2.0, mode="nearest")
             else:
                 above = lateral
             out[level] = above
-        return out[: len(out) - scalp] if scalp else out  # type: ignore[return-value]
+        return out[first_level : len(out) - scalp]  # type: ignore[return-value]
 
     def position_encodings(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """The sine encoding of each level (the official `vision_pos_enc`); not used by the image path."""
