@@ -29,7 +29,9 @@ import torch.nn.functional as F
 
 _CELL_CHUNK = 1 << 16  # straddling cells evaluated per step (bounds memory: cells * block pixels)
 _MASK_CHUNK = 128  # masks classified per step (bounds memory: masks * in * in)
-_DENSE_CHUNK_PIXELS = 1 << 22  # upsampled pixels per step on the dense route (16 MB of float32)
+# Upsampled pixels per step on the dense route: about one 427x640 mask (1 MB of float32) on CPU, so
+# that its threshold passes read it from cache; 16 times that on accelerators, to keep them busy.
+_DENSE_CHUNK_PIXELS = 1 << 18
 # A mask goes the dense route when its straddling cells' pixels exceed this share of the crop's: a
 # straddling pixel, gathered and blended on its own, costs about as much as DENSE_SHARE^-1 pixels of
 # F.interpolate plus the threshold passes (measured on a 2-core Xeon, 640x427 and 1024x768 crops).
@@ -91,37 +93,37 @@ def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
     )
 
 
-def _count_above(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N,) int64 entries of (N, h, w) `values` > threshold.
+def _threshold_stats(values: torch.Tensor, thresholds: list[float], box_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts of (n, h, w) `values` > each threshold, (n, T) int64, and the inclusive XYXY box of
+    those > thresholds[box_k], (n, 4) int64, zeros where none. NaN entries never count.
 
-    On CPU numpy counts each mask's bools ~7x faster than torch, whose bool sums widen to int64 first.
+    On CPU numpy compares and counts one mask at a time: its bool maps stay in cache, and numpy's
+    bool kernels are several times faster than torch's on them (torch sums bools through int64).
     """
-    above = values > threshold
-    if above.device.type == "cpu":
-        flat = above.numpy().reshape(len(above), -1)
-        return torch.tensor([np.count_nonzero(row) for row in flat], dtype=torch.int64)
-    return above.sum(dim=(1, 2))
+    n, h, w = values.shape
+    if values.device.type == "cpu":
+        counts = np.zeros((n, len(thresholds)), dtype=np.int64)
+        row_has, col_has = np.zeros((n, h), dtype=bool), np.zeros((n, w), dtype=bool)
+        for i, plane in enumerate(values.numpy()):
+            for k, t in enumerate(thresholds):
+                above = plane > np.float32(t)  # float32, as torch compares with a Python float
+                counts[i, k] = np.count_nonzero(above)
+                if k == box_k:  # OR over rows (axis 0) runs along contiguous memory, unlike `any` per row
+                    row_has[i], col_has[i] = above.any(axis=1), np.logical_or.reduce(above, axis=0)
+        row_any, col_any = torch.from_numpy(row_has), torch.from_numpy(col_has)
+        count_t = torch.from_numpy(counts)
+    else:
+        count_t = torch.stack([(values > t).sum(dim=(1, 2)) for t in thresholds], dim=1)
+        above = values > thresholds[box_k]
+        row_any, col_any = above.any(dim=2), above.any(dim=1)
 
-
-def _boxes_above(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N, 4) int64 inclusive XYXY of the entries of (N, h, w) `values` > threshold; zeros where none.
-
-    A row (column) has such an entry iff its maximum does: one vectorised max per axis instead of
-    a bool mask and two `any` passes. NaN entries never count, as in the comparison; `amax` would
-    propagate them, so rows or columns holding one are decided by the comparison itself.
-    """
-    def extent(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        peak = values.amax(dim=dim)
-        has = peak > threshold
-        if bool(peak.isnan().any()):
-            has = (values > threshold).any(dim=dim)
+    def extent(has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.arange(has.shape[1], device=has.device, dtype=torch.int32)
         return torch.where(has, index, has.shape[1]).amin(dim=1), torch.where(has, index, -1).amax(dim=1)
 
-    top, bottom = extent(2)
-    left, right = extent(1)
+    (top, bottom), (left, right) = extent(row_any), extent(col_any)
     boxes = torch.stack([left, top, right, bottom], dim=1).long()
-    return torch.where((bottom < 0)[:, None], torch.zeros_like(boxes), boxes)
+    return count_t.to(values.device), torch.where((bottom < 0)[:, None], torch.zeros_like(boxes), boxes)
 
 
 def _blend(first: torch.Tensor, weight0: torch.Tensor, second: torch.Tensor, weight1: torch.Tensor) -> torch.Tensor:
@@ -212,8 +214,7 @@ class UpsamplePlan:
         box_k = distinct.index(box_threshold)
         boxes = self._boxes(cells, box_k)
         for index, upsampled in self._dense(x, cells.dense):
-            counts[index] = torch.stack([_count_above(upsampled, t) for t in distinct], dim=1)
-            boxes[index] = _boxes_above(upsampled, box_threshold)
+            counts[index], boxes[index] = _threshold_stats(upsampled, distinct, box_k)
         order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
         return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
 
@@ -300,7 +301,8 @@ class UpsamplePlan:
 
     def _dense(self, x: torch.Tensor, masks: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(index, (n, h, w) float32 upsampled logits) for the given masks, a few at a time."""
-        step = max(1, _DENSE_CHUNK_PIXELS // (self.out_hw[0] * self.out_hw[1]))
+        pixels = _DENSE_CHUNK_PIXELS * (1 if x.device.type == "cpu" else 16)
+        step = max(1, pixels // (self.out_hw[0] * self.out_hw[1]))
         for start in range(0, len(masks), step):
             index = masks[start : start + step]
             upsampled = F.interpolate(x[index][:, None], self.out_hw, mode="bilinear", align_corners=False)
