@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 _CELL_CHUNK = 1 << 16  # straddling cells evaluated per step (bounds memory: cells * block pixels)
 _MASK_CHUNK = 128  # masks classified per step (bounds memory: masks * in * in)
+_SAMPLE_STRIDE = 4  # the dense route is chosen on every 4th cell row: a quarter of a full count's work
 # Upsampled pixels per step on the dense route: about one 427x640 mask (1 MB of float32) on CPU, so
 # that its threshold passes read it from cache; 16 times that on accelerators, to keep them busy.
 _DENSE_CHUNK_PIXELS = 1 << 18
@@ -126,6 +127,40 @@ def _threshold_stats(values: torch.Tensor, thresholds: list[float], box_k: int) 
     return count_t.to(values.device), torch.where((bottom < 0)[:, None], torch.zeros_like(boxes), boxes)
 
 
+def _margins(thresholds: list[float]) -> tuple[list[float], list[float]]:
+    """Per threshold t, the level a block's sources must all exceed for every blend of them to be > t,
+    and the level they must all stay at or under for every blend to be <= t; float32 values.
+
+    Rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
+    covers. Rounded to float32, as PyTorch compares float32 tensors with a Python float.
+    """
+    margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
+    above = [float(np.float32(t + m)) for t, m in zip(thresholds, margins)]
+    below = [float(np.float32(t - m)) for t, m in zip(thresholds, margins)]
+    return above, below
+
+
+def _cell_levels(
+    low: torch.Tensor, high: torch.Tensor, above: list[float], below: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sure level (uint8) and straddling (bool) of cells whose sources' min is `low` and max `high`.
+
+    With ascending thresholds, a cell's minimum exceeds the first s `above` levels and its maximum
+    the first e `below` levels, s <= e: every blend is above the first s thresholds and at or under
+    the last T - e, so the cell straddles some threshold iff s < e, and is otherwise sure up to
+    level s. Counting in uint8 keeps every pass at the cells' shape, without (T, ...) broadcasts. A
+    NaN source (min/max propagate it) gives s = e = 0: never above, as the upsampled NaN block.
+    Straddling cells get level 0.
+    """
+    surely = torch.zeros(low.shape, dtype=torch.uint8, device=low.device)
+    reach = torch.zeros_like(surely)
+    for a, b in zip(above, below):
+        surely += low > a
+        reach += high > b
+    straddle = surely < reach
+    return surely.masked_fill_(straddle, 0), straddle
+
+
 def _blend(first: torch.Tensor, weight0: torch.Tensor, second: torch.Tensor, weight1: torch.Tensor) -> torch.Tensor:
     """first * weight0 + second * weight1 rounded as PyTorch's compiled CPU kernel does it.
 
@@ -163,9 +198,10 @@ class _Cells:
 
     row0: torch.Tensor  # (N,) int64 cell row of each window's first row
     col0: torch.Tensor  # (N,) int64 cell column of each window's first column
-    sure: torch.Tensor  # (N, T, rows, cols) bool: whole block > thresholds[t] (straddling cells excluded)
+    # (N, rows, cols) uint8: the whole block is > thresholds[t] for t < level (thresholds sorted);
+    # 0 on straddling cells, which are evaluated exactly instead.
+    level: torch.Tensor
     straddling: list[_Straddling]  # cells in global cell coordinates
-    dense: torch.Tensor  # (D,) int64 masks left to the dense route: none of their cells is sure or straddling
 
 
 class UpsamplePlan:
@@ -183,6 +219,11 @@ class UpsamplePlan:
         cell_pixels = self._inner_block(self.rows) * self._inner_block(self.cols)
         self._dense_cells = dense_share * self.out_hw[0] * self.out_hw[1] / cell_pixels
         self._all_occupied = bool((self.rows.cell_count > 0).all() and (self.cols.cell_count > 0).all())
+        # Cells that own output pixels, on which `_goes_dense` counts straddling ones.
+        occupied_rows = (self.rows.cell_count > 0).nonzero()[:, 0]
+        self._sample_rows = occupied_rows[::_SAMPLE_STRIDE]
+        self._sample_scale = len(occupied_rows) / max(len(self._sample_rows), 1)
+        self._occupied_cols = (self.cols.cell_count > 0).nonzero()[:, 0]
         self._row_identity = self.in_size == self.out_hw[0]
         self._col_identity = self.in_size == self.out_hw[1]
 
@@ -200,23 +241,34 @@ class UpsamplePlan:
             return UpsampledStats(torch.cat([p.counts for p in parts]), torch.cat([p.boxes_xyxy for p in parts]))
         x = logits.float()
         distinct = sorted(set(thresholds))  # a zero stability offset repeats the mask threshold
-        cells = self._classify(x, distinct)
-        row_weight, col_weight = self._window_weights(cells)
-        n, _, rows, cols = cells.sure.shape
-        # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
-        # below 2**24 are exact, also from TF32 inputs: 0/1 and block widths), then block heights
-        # in float64 (exact for any crop size).
-        sure = cells.sure.reshape(n, len(distinct) * rows, cols).float()
-        per_row = torch.bmm(sure, col_weight[:, :, None]).view(n, len(distinct), rows)
-        counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
-        for part in cells.straddling:  # (uint8 sums: PyTorch sums bools through int64 copies)
-            counts.index_add_(0, part.mask, part.above.view(torch.uint8).sum(dim=(2, 3), dtype=torch.int32).long())
         box_k = distinct.index(box_threshold)
-        boxes = self._boxes(cells, box_k)
-        for index, upsampled in self._dense(x, cells.dense):
+        counts = torch.zeros(len(x), len(distinct), dtype=torch.int64, device=x.device)
+        boxes = torch.zeros(len(x), 4, dtype=torch.int64, device=x.device)
+        dense = self._goes_dense(x, distinct)
+        by_cells = (~dense).nonzero()[:, 0]
+        if len(by_cells):
+            part = x if len(by_cells) == len(x) else x[by_cells]
+            counts[by_cells], boxes[by_cells] = self._cell_stats(self._classify(part, distinct), len(distinct), box_k)
+        for index, upsampled in self._dense(x, dense.nonzero()[:, 0]):
             counts[index], boxes[index] = _threshold_stats(upsampled, distinct, box_k)
         order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
         return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
+
+    def _cell_stats(self, cells: _Cells, t: int, box_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, t) int64 counts above each of t thresholds and (N, 4) int64 boxes above thresholds[box_k]."""
+        row_weight, col_weight = self._window_weights(cells)
+        n, rows, cols = cells.level.shape
+        # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
+        # below 2**24 are exact, also from TF32 inputs: 0/1 and block widths), then block heights
+        # in float64 (exact for any crop size).
+        ranks = torch.arange(t, dtype=torch.uint8, device=cells.level.device)[None, :, None, None]
+        sure = torch.empty(n, t, rows, cols, device=cells.level.device)
+        torch.gt(cells.level[:, None], ranks, out=sure)  # written as float32: one pass, no bool map
+        per_row = torch.bmm(sure.view(n, t * rows, cols), col_weight[:, :, None]).view(n, t, rows)
+        counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
+        for part in cells.straddling:  # (uint8 sums: PyTorch sums bools through int64 copies)
+            counts.index_add_(0, part.mask, part.above.view(torch.uint8).sum(dim=(2, 3), dtype=torch.int32).long())
+        return counts, self._boxes(cells, box_k)
 
     def windows(self, logits: torch.Tensor, boxes_xyxy: torch.Tensor, threshold: float) -> torch.Tensor:
         """Upsampled masks (value > threshold) inside each box, top-left aligned and False-padded.
@@ -228,27 +280,39 @@ class UpsamplePlan:
             (N, max box height, max box width) bool.
         """
         x = logits.float()
-        rows, cols = self.rows, self.cols
         left, top, right, bottom = boxes_xyxy.unbind(dim=1)
         win_h, win_w = int((bottom - top).max()) + 1, int((right - left).max()) + 1
         r = top[:, None] + torch.arange(win_h, device=x.device)[None, :]
         c = left[:, None] + torch.arange(win_w, device=x.device)[None, :]
         inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
-        cells = self._classify(x, [threshold])
-        sure = cells.sure[:, 0]
-        # Window-relative cells; those outside a mask's window are below the threshold.
-        cell_r, cell_c = rows.index0[r] - cells.row0[:, None], cols.index0[c] - cells.col0[:, None]
-        inside &= ((cell_r >= 0) & (cell_r < sure.shape[1]))[:, :, None]
-        inside &= ((cell_c >= 0) & (cell_c < sure.shape[2]))[:, None, :]
+        window = torch.zeros(len(x), win_h, win_w, dtype=torch.bool, device=x.device)
+        dense = self._goes_dense(x, [threshold])
+        by_cells = (~dense).nonzero()[:, 0]
+        if len(by_cells):
+            part = x if len(by_cells) == len(x) else x[by_cells]
+            cells = self._classify(part, [threshold])
+            window[by_cells] = self._cell_window(cells, r[by_cells], c[by_cells], top[by_cells], left[by_cells])
+        for index, upsampled in self._dense(x, dense.nonzero()[:, 0]):
+            batch = torch.arange(len(index), device=x.device)[:, None, None]
+            window[index] = upsampled[batch, r[index][:, :, None], c[index][:, None, :]] > threshold
+        return window & inside
+
+    def _cell_window(
+        self, cells: _Cells, r: torch.Tensor, c: torch.Tensor, top: torch.Tensor, left: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, win_h, win_w) bool: pixels above the one classified threshold at output rows (N, win_h)
+        `r` and columns (N, win_w) `c`, windows whose first row and column are `top`, `left` (N,)."""
+        sure = cells.level  # 0/1 with one threshold
+        win_h, win_w = r.shape[1], c.shape[1]
+        # Window-relative cells; those outside a mask's cell window are below the threshold.
+        cell_r, cell_c = self.rows.index0[r] - cells.row0[:, None], self.cols.index0[c] - cells.col0[:, None]
+        inside = ((cell_r >= 0) & (cell_r < sure.shape[1]))[:, :, None] & ((cell_c >= 0) & (cell_c < sure.shape[2]))[:, None, :]
         cell_r, cell_c = cell_r.clamp(0, sure.shape[1] - 1), cell_c.clamp(0, sure.shape[2] - 1)
         # Two gathers (rows, then columns) cost a fraction of one three-index lookup per pixel.
         n, win_cells = sure.shape[0], sure.shape[2]
-        by_row = torch.gather(sure.view(torch.uint8), 1, cell_r[:, :, None].expand(n, win_h, win_cells))
-        window = torch.gather(by_row, 2, cell_c[:, None, :].expand(n, win_h, win_w)).view(torch.bool)
-        for index, upsampled in self._dense(x, cells.dense):
-            batch = torch.arange(len(index), device=x.device)[:, None, None]
-            window[index] = upsampled[batch, r[index][:, :, None], c[index][:, None, :]] > threshold
+        by_row = torch.gather(sure, 1, cell_r[:, :, None].expand(n, win_h, win_cells))
+        window = torch.gather(by_row, 2, cell_c[:, None, :].expand(n, win_h, win_w)).view(torch.bool) & inside
         for part in cells.straddling:
             above = part.above[:, 0]
             out_r = part.out_row[:, :, None] - top[part.mask][:, None, None]
@@ -258,30 +322,14 @@ class UpsamplePlan:
             fits &= part.row_valid[:, :, None] & part.col_valid[:, None, :]
             owner = part.mask[:, None, None].expand(above.shape)
             window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
-        return window & inside
+        return window
 
     def _classify(self, x: torch.Tensor, thresholds: list[float]) -> _Cells:
-        """Per threshold, the cells surely above it; and the cells evaluated exactly.
-
-        A blend of sources that are all > t + margin is > t, and of sources all <= t - margin is <= t:
-        rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
-        covers. So a cell whose sources' minimum is > t + margin is sure, one whose maximum is
-        <= t - margin is below, and the rest straddle: their pixels are computed once and compared
-        with all thresholds, and they are left out of every sure map. A NaN source makes the whole
-        block NaN (never above), as min/max propagate it into "not sure, not straddling".
-        """
-        margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
-        row0, col0, low, high = self._cell_bounds(x, min(t - m for t, m in zip(thresholds, margins)))
-        # All thresholds in one comparison each, in float32 as PyTorch compares with a Python float.
-        above = torch.tensor([t + m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
-        below = torch.tensor([t - m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
-        sure = low[:, None] > above[None, :, None, None]  # (N, T, rows, cols)
-        straddle = ((high[:, None] > below[None, :, None, None]) & ~sure).any(dim=1)
-        dense = straddle.sum(dim=(1, 2)) > self._dense_cells
-        if bool(dense.any()):
-            straddle &= ~dense[:, None, None]
-            sure &= ~dense[:, None, None, None]
-        sure &= ~straddle[:, None]
+        """Per cell, how many of the (ascending) thresholds its whole block is surely above; and the
+        straddling cells, whose pixels are computed once and compared with all thresholds."""
+        above, below = _margins(thresholds)
+        row0, col0, low, high = self._cell_bounds(x, min(below))
+        level, straddle = _cell_levels(low, high, above, below)
         mask, row, col = straddle.nonzero(as_tuple=True)
         row, col = row + row0[mask], col + col0[mask]
         parts = []
@@ -297,7 +345,25 @@ class UpsamplePlan:
                     self.rows.block_valid[ii, :block_h], self.cols.block_valid[jj, :block_w],
                     values[:, None] > levels,
                 ))
-        return _Cells(row0, col0, sure, parts, dense.nonzero()[:, 0])
+        return _Cells(row0, col0, level, parts)
+
+    def _goes_dense(self, x: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+        """(N,) bool: the masks to upsample whole, whose straddling cells exceed the plan's limit.
+
+        Decided before the classification, which dense masks then skip; the cells are counted on
+        every `_SAMPLE_STRIDE`-th cell row only, as the route changes the speed, never the result.
+        """
+        if self._dense_cells == math.inf or self._dense_cells <= 0:
+            return torch.full((len(x),), self._dense_cells <= 0, dtype=torch.bool, device=x.device)
+        rows, cols = self._sample_rows, self._occupied_cols
+        upper, lower = x[:, rows], x[:, self.rows.cell_next[rows]]
+        low, high = torch.minimum(upper, lower), torch.maximum(upper, lower)
+        right = self.cols.cell_next[cols]
+        low = torch.minimum(low[:, :, cols], low[:, :, right])
+        high = torch.maximum(high[:, :, cols], high[:, :, right])
+        _, straddle = _cell_levels(low, high, *_margins(thresholds))
+        sampled = straddle.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
+        return sampled * self._sample_scale > self._dense_cells
 
     def _dense(self, x: torch.Tensor, masks: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(index, (n, h, w) float32 upsampled logits) for the given masks, a few at a time."""
@@ -384,7 +450,7 @@ class UpsamplePlan:
 
     def _window_weights(self, cells: _Cells) -> tuple[torch.Tensor, torch.Tensor]:
         """Output pixels per window row (N, rows) float64 and per window column (N, cols) float32."""
-        rows, cols = cells.sure.shape[2:]
+        rows, cols = cells.level.shape[1:]
         local_r = torch.arange(rows, device=cells.row0.device)
         local_c = torch.arange(cols, device=cells.col0.device)
         cell_r = (cells.row0[:, None] + local_r).clamp(max=self.in_size - 1)
@@ -393,7 +459,7 @@ class UpsamplePlan:
 
     def _boxes(self, cells: _Cells, k: int) -> torch.Tensor:
         """(N, 4) inclusive XYXY of the pixels above thresholds[k]; zeros for empty masks (the official convention)."""
-        top, bottom, left, right = self._sure_box(cells, cells.sure[:, k])
+        top, bottom, left, right = self._sure_box(cells, cells.level > k)
         for part in cells.straddling:
             self._merge_straddling_box(part, part.above[:, k], (top, bottom, left, right))
         empty = (top > bottom) | (left > right)
