@@ -150,15 +150,20 @@ def _cell_levels(
     the last T - e, so the cell straddles some threshold iff s < e, and is otherwise sure up to
     level s. Counting in uint8 keeps every pass at the cells' shape, without (T, ...) broadcasts. A
     NaN source (min/max propagate it) gives s = e = 0: never above, as the upsampled NaN block.
-    Straddling cells get level 0.
+    Straddling cells get level 0. On CPU numpy does the comparisons, ~3x faster than torch's.
     """
-    surely = torch.zeros(low.shape, dtype=torch.uint8, device=low.device)
-    reach = torch.zeros_like(surely)
+    if low.device.type == "cpu":
+        low, high = low.numpy(), high.numpy()
+        surely, reach = np.zeros(low.shape, dtype=np.uint8), np.zeros(low.shape, dtype=np.uint8)
+    else:
+        surely = torch.zeros(low.shape, dtype=torch.uint8, device=low.device)
+        reach = torch.zeros_like(surely)
     for a, b in zip(above, below):
         surely += low > a
         reach += high > b
     straddle = surely < reach
-    return surely.masked_fill_(straddle, 0), straddle
+    surely *= surely >= reach  # zero on straddling cells
+    return torch.as_tensor(surely), torch.as_tensor(straddle)
 
 
 def _blend(first: torch.Tensor, weight0: torch.Tensor, second: torch.Tensor, weight1: torch.Tensor) -> torch.Tensor:
@@ -219,11 +224,6 @@ class UpsamplePlan:
         cell_pixels = self._inner_block(self.rows) * self._inner_block(self.cols)
         self._dense_cells = dense_share * self.out_hw[0] * self.out_hw[1] / cell_pixels
         self._all_occupied = bool((self.rows.cell_count > 0).all() and (self.cols.cell_count > 0).all())
-        # Cells that own output pixels, on which `_goes_dense` counts straddling ones.
-        occupied_rows = (self.rows.cell_count > 0).nonzero()[:, 0]
-        self._sample_rows = occupied_rows[::_SAMPLE_STRIDE]
-        self._sample_scale = len(occupied_rows) / max(len(self._sample_rows), 1)
-        self._occupied_cols = (self.cols.cell_count > 0).nonzero()[:, 0]
         self._row_identity = self.in_size == self.out_hw[0]
         self._col_identity = self.in_size == self.out_hw[1]
 
@@ -350,20 +350,20 @@ class UpsamplePlan:
     def _goes_dense(self, x: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
         """(N,) bool: the masks to upsample whole, whose straddling cells exceed the plan's limit.
 
-        Decided before the classification, which dense masks then skip; the cells are counted on
-        every `_SAMPLE_STRIDE`-th cell row only, as the route changes the speed, never the result.
+        Decided before the classification, which dense masks then skip. The route changes the speed,
+        never the result, so an estimate does: cells blending sources (i, i + 1) x (j, j + 1) on every
+        `_SAMPLE_STRIDE`-th row i, by strided views rather than the exact (edge-clamped, possibly
+        identity or downsampling) cell layout.
         """
         if self._dense_cells == math.inf or self._dense_cells <= 0:
             return torch.full((len(x),), self._dense_cells <= 0, dtype=torch.bool, device=x.device)
-        rows, cols = self._sample_rows, self._occupied_cols
-        upper, lower = x[:, rows], x[:, self.rows.cell_next[rows]]
+        upper, lower = x[:, 0:-1:_SAMPLE_STRIDE], x[:, 1::_SAMPLE_STRIDE]
         low, high = torch.minimum(upper, lower), torch.maximum(upper, lower)
-        right = self.cols.cell_next[cols]
-        low = torch.minimum(low[:, :, cols], low[:, :, right])
-        high = torch.maximum(high[:, :, cols], high[:, :, right])
+        low = torch.minimum(low[:, :, :-1], low[:, :, 1:])
+        high = torch.maximum(high[:, :, :-1], high[:, :, 1:])
         _, straddle = _cell_levels(low, high, *_margins(thresholds))
         sampled = straddle.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
-        return sampled * self._sample_scale > self._dense_cells
+        return sampled * (self.in_size / max(upper.shape[1], 1)) > self._dense_cells
 
     def _dense(self, x: torch.Tensor, masks: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(index, (n, h, w) float32 upsampled logits) for the given masks, a few at a time."""
