@@ -13,6 +13,7 @@ mask, around the sources above the lowest threshold: outside it every block is b
 A mask whose logits hover around the thresholds everywhere (random weights give such maps, and so do
 textures) straddles almost every cell; gathering those cells one by one costs several times the plain
 upsampling, so such masks are upsampled whole with `F.interpolate`, which is the reference anyway.
+They are picked before the classification, from straddling cells counted on a sample of cell rows.
 
 Frames: logits are (N, 256, 256) on the low-res grid of one crop; output pixels are in that crop's
 (h, w) frame; boxes are XYXY with inclusive right/bottom.
@@ -29,11 +30,15 @@ import torch.nn.functional as F
 
 _CELL_CHUNK = 1 << 16  # straddling cells evaluated per step (bounds memory: cells * block pixels)
 _MASK_CHUNK = 128  # masks classified per step (bounds memory: masks * in * in)
-_DENSE_CHUNK_PIXELS = 1 << 22  # upsampled pixels per step on the dense route (16 MB of float32)
+_SAMPLE_STRIDE = 4  # the dense route is chosen on every 4th cell row: a quarter of a full count's work
+# Upsampled pixels per step on the dense route: about one 427x640 mask (1 MB of float32) on CPU, so
+# that its threshold passes read it from cache; 16 times that on accelerators, to keep them busy.
+_DENSE_CHUNK_PIXELS = 1 << 18
 # A mask goes the dense route when its straddling cells' pixels exceed this share of the crop's: a
 # straddling pixel, gathered and blended on its own, costs about as much as DENSE_SHARE^-1 pixels of
-# F.interpolate plus the threshold passes (measured on a 2-core Xeon, 640x427 and 1024x768 crops).
-DENSE_SHARE = 0.1
+# F.interpolate plus the numpy threshold passes (measured on a 2-core Xeon, 640x427 and 1024x768
+# crops: 128 smooth synthetic masks at 1024x768 take 447 ms at 0.1, 237 ms at 0.03 and 0.01).
+DENSE_SHARE = 0.03
 
 
 @dataclass(frozen=True)
@@ -91,37 +96,76 @@ def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
     )
 
 
-def _count_above(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N,) int64 entries of (N, h, w) `values` > threshold.
+def _threshold_stats(values: torch.Tensor, thresholds: list[float], box_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts of (n, h, w) `values` > each threshold, (n, T) int64, and the inclusive XYXY box of
+    those > thresholds[box_k], (n, 4) int64, zeros where none. NaN entries never count.
 
-    On CPU numpy counts each mask's bools ~7x faster than torch, whose bool sums widen to int64 first.
+    On CPU numpy compares and counts one mask at a time: its bool maps stay in cache, and numpy's
+    bool kernels are several times faster than torch's on them (torch sums bools through int64).
     """
-    above = values > threshold
-    if above.device.type == "cpu":
-        flat = above.numpy().reshape(len(above), -1)
-        return torch.tensor([np.count_nonzero(row) for row in flat], dtype=torch.int64)
-    return above.sum(dim=(1, 2))
+    n, h, w = values.shape
+    if values.device.type == "cpu":
+        counts = np.zeros((n, len(thresholds)), dtype=np.int64)
+        row_has, col_has = np.zeros((n, h), dtype=bool), np.zeros((n, w), dtype=bool)
+        for i, plane in enumerate(values.numpy()):
+            for k, t in enumerate(thresholds):
+                above = plane > np.float32(t)  # float32, as torch compares with a Python float
+                counts[i, k] = np.count_nonzero(above)
+                if k == box_k:  # OR over rows (axis 0) runs along contiguous memory, unlike `any` per row
+                    row_has[i], col_has[i] = above.any(axis=1), np.logical_or.reduce(above, axis=0)
+        row_any, col_any = torch.from_numpy(row_has), torch.from_numpy(col_has)
+        count_t = torch.from_numpy(counts)
+    else:
+        count_t = torch.stack([(values > t).sum(dim=(1, 2)) for t in thresholds], dim=1)
+        above = values > thresholds[box_k]
+        row_any, col_any = above.any(dim=2), above.any(dim=1)
 
-
-def _boxes_above(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(N, 4) int64 inclusive XYXY of the entries of (N, h, w) `values` > threshold; zeros where none.
-
-    A row (column) has such an entry iff its maximum does: one vectorised max per axis instead of
-    a bool mask and two `any` passes. NaN entries never count, as in the comparison; `amax` would
-    propagate them, so rows or columns holding one are decided by the comparison itself.
-    """
-    def extent(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        peak = values.amax(dim=dim)
-        has = peak > threshold
-        if bool(peak.isnan().any()):
-            has = (values > threshold).any(dim=dim)
+    def extent(has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.arange(has.shape[1], device=has.device, dtype=torch.int32)
         return torch.where(has, index, has.shape[1]).amin(dim=1), torch.where(has, index, -1).amax(dim=1)
 
-    top, bottom = extent(2)
-    left, right = extent(1)
+    (top, bottom), (left, right) = extent(row_any), extent(col_any)
     boxes = torch.stack([left, top, right, bottom], dim=1).long()
-    return torch.where((bottom < 0)[:, None], torch.zeros_like(boxes), boxes)
+    return count_t.to(values.device), torch.where((bottom < 0)[:, None], torch.zeros_like(boxes), boxes)
+
+
+def _margins(thresholds: list[float]) -> tuple[list[float], list[float]]:
+    """Per threshold t, the level a block's sources must all exceed for every blend of them to be > t,
+    and the level they must all stay at or under for every blend to be <= t; float32 values.
+
+    Rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
+    covers. Rounded to float32, as PyTorch compares float32 tensors with a Python float.
+    """
+    margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
+    above = [float(np.float32(t + m)) for t, m in zip(thresholds, margins)]
+    below = [float(np.float32(t - m)) for t, m in zip(thresholds, margins)]
+    return above, below
+
+
+def _cell_levels(
+    low: torch.Tensor, high: torch.Tensor, above: list[float], below: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sure level (uint8) and straddling (bool) of cells whose sources' min is `low` and max `high`.
+
+    With ascending thresholds, a cell's minimum exceeds the first s `above` levels and its maximum
+    the first e `below` levels, s <= e: every blend is above the first s thresholds and at or under
+    the last T - e, so the cell straddles some threshold iff s < e, and is otherwise sure up to
+    level s. Counting in uint8 keeps every pass at the cells' shape, without (T, ...) broadcasts. A
+    NaN source (min/max propagate it) gives s = e = 0: never above, as the upsampled NaN block.
+    Straddling cells get level 0. On CPU numpy does the comparisons, ~3x faster than torch's.
+    """
+    if low.device.type == "cpu":
+        low, high = low.numpy(), high.numpy()
+        surely, reach = np.zeros(low.shape, dtype=np.uint8), np.zeros(low.shape, dtype=np.uint8)
+    else:
+        surely = torch.zeros(low.shape, dtype=torch.uint8, device=low.device)
+        reach = torch.zeros_like(surely)
+    for a, b in zip(above, below):
+        surely += low > a
+        reach += high > b
+    straddle = surely < reach
+    surely *= surely >= reach  # zero on straddling cells
+    return torch.as_tensor(surely), torch.as_tensor(straddle)
 
 
 def _blend(first: torch.Tensor, weight0: torch.Tensor, second: torch.Tensor, weight1: torch.Tensor) -> torch.Tensor:
@@ -161,9 +205,10 @@ class _Cells:
 
     row0: torch.Tensor  # (N,) int64 cell row of each window's first row
     col0: torch.Tensor  # (N,) int64 cell column of each window's first column
-    sure: torch.Tensor  # (N, T, rows, cols) bool: whole block > thresholds[t] (straddling cells excluded)
+    # (N, rows, cols) uint8: the whole block is > thresholds[t] for t < level (thresholds sorted);
+    # 0 on straddling cells, which are evaluated exactly instead.
+    level: torch.Tensor
     straddling: list[_Straddling]  # cells in global cell coordinates
-    dense: torch.Tensor  # (D,) int64 masks left to the dense route: none of their cells is sure or straddling
 
 
 class UpsamplePlan:
@@ -198,24 +243,34 @@ class UpsamplePlan:
             return UpsampledStats(torch.cat([p.counts for p in parts]), torch.cat([p.boxes_xyxy for p in parts]))
         x = logits.float()
         distinct = sorted(set(thresholds))  # a zero stability offset repeats the mask threshold
-        cells = self._classify(x, distinct)
+        box_k = distinct.index(box_threshold)
+        counts = torch.zeros(len(x), len(distinct), dtype=torch.int64, device=x.device)
+        boxes = torch.zeros(len(x), 4, dtype=torch.int64, device=x.device)
+        dense = self._goes_dense(x, distinct)
+        by_cells = (~dense).nonzero()[:, 0]
+        if len(by_cells):
+            part = x if len(by_cells) == len(x) else x[by_cells]
+            counts[by_cells], boxes[by_cells] = self._cell_stats(self._classify(part, distinct), len(distinct), box_k)
+        for index, upsampled in self._dense(x, dense.nonzero()[:, 0]):
+            counts[index], boxes[index] = _threshold_stats(upsampled, distinct, box_k)
+        order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
+        return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
+
+    def _cell_stats(self, cells: _Cells, t: int, box_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, t) int64 counts above each of t thresholds and (N, 4) int64 boxes above thresholds[box_k]."""
         row_weight, col_weight = self._window_weights(cells)
-        n, _, rows, cols = cells.sure.shape
+        n, rows, cols = cells.level.shape
         # Sure cells count whole blocks: block widths summed along rows (float32 sums of integers
         # below 2**24 are exact, also from TF32 inputs: 0/1 and block widths), then block heights
         # in float64 (exact for any crop size).
-        sure = cells.sure.reshape(n, len(distinct) * rows, cols).float()
-        per_row = torch.bmm(sure, col_weight[:, :, None]).view(n, len(distinct), rows)
+        ranks = torch.arange(t, dtype=torch.uint8, device=cells.level.device)[None, :, None, None]
+        sure = torch.empty(n, t, rows, cols, device=cells.level.device)
+        torch.gt(cells.level[:, None], ranks, out=sure)  # written as float32: one pass, no bool map
+        per_row = torch.bmm(sure.view(n, t * rows, cols), col_weight[:, :, None]).view(n, t, rows)
         counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
         for part in cells.straddling:  # (uint8 sums: PyTorch sums bools through int64 copies)
             counts.index_add_(0, part.mask, part.above.view(torch.uint8).sum(dim=(2, 3), dtype=torch.int32).long())
-        box_k = distinct.index(box_threshold)
-        boxes = self._boxes(cells, box_k)
-        for index, upsampled in self._dense(x, cells.dense):
-            counts[index] = torch.stack([_count_above(upsampled, t) for t in distinct], dim=1)
-            boxes[index] = _boxes_above(upsampled, box_threshold)
-        order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
-        return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
+        return counts, self._boxes(cells, box_k)
 
     def windows(self, logits: torch.Tensor, boxes_xyxy: torch.Tensor, threshold: float) -> torch.Tensor:
         """Upsampled masks (value > threshold) inside each box, top-left aligned and False-padded.
@@ -227,27 +282,40 @@ class UpsamplePlan:
             (N, max box height, max box width) bool.
         """
         x = logits.float()
-        rows, cols = self.rows, self.cols
         left, top, right, bottom = boxes_xyxy.unbind(dim=1)
         win_h, win_w = int((bottom - top).max()) + 1, int((right - left).max()) + 1
         r = top[:, None] + torch.arange(win_h, device=x.device)[None, :]
         c = left[:, None] + torch.arange(win_w, device=x.device)[None, :]
         inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
-        cells = self._classify(x, [threshold])
-        sure = cells.sure[:, 0]
-        # Window-relative cells; those outside a mask's window are below the threshold.
-        cell_r, cell_c = rows.index0[r] - cells.row0[:, None], cols.index0[c] - cells.col0[:, None]
-        inside &= ((cell_r >= 0) & (cell_r < sure.shape[1]))[:, :, None]
-        inside &= ((cell_c >= 0) & (cell_c < sure.shape[2]))[:, None, :]
+        window = torch.zeros(len(x), win_h, win_w, dtype=torch.bool, device=x.device)
+        dense = self._goes_dense(x, [threshold])
+        by_cells = (~dense).nonzero()[:, 0]
+        if len(by_cells):
+            part = x if len(by_cells) == len(x) else x[by_cells]
+            cells = self._classify(part, [threshold])
+            window[by_cells] = self._cell_window(cells, r[by_cells], c[by_cells], top[by_cells], left[by_cells])
+        for index, upsampled in self._dense(x, dense.nonzero()[:, 0]):
+            batch = torch.arange(len(index), device=x.device)[:, None, None]
+            window[index] = upsampled[batch, r[index][:, :, None], c[index][:, None, :]] > threshold
+        return window & inside
+
+    def _cell_window(
+        self, cells: _Cells, r: torch.Tensor, c: torch.Tensor, top: torch.Tensor, left: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, win_h, win_w) bool: pixels above the one classified threshold at output rows (N, win_h)
+        `r` and columns (N, win_w) `c`, windows whose first row and column are `top`, `left` (N,)."""
+        sure = cells.level  # 0/1 with one threshold
+        win_h, win_w = r.shape[1], c.shape[1]
+        # Window-relative cells; those outside a mask's cell window are below the threshold.
+        cell_r, cell_c = self.rows.index0[r] - cells.row0[:, None], self.cols.index0[c] - cells.col0[:, None]
+        row_in, col_in = (cell_r >= 0) & (cell_r < sure.shape[1]), (cell_c >= 0) & (cell_c < sure.shape[2])
+        inside = row_in[:, :, None] & col_in[:, None, :]
         cell_r, cell_c = cell_r.clamp(0, sure.shape[1] - 1), cell_c.clamp(0, sure.shape[2] - 1)
         # Two gathers (rows, then columns) cost a fraction of one three-index lookup per pixel.
         n, win_cells = sure.shape[0], sure.shape[2]
-        by_row = torch.gather(sure.view(torch.uint8), 1, cell_r[:, :, None].expand(n, win_h, win_cells))
-        window = torch.gather(by_row, 2, cell_c[:, None, :].expand(n, win_h, win_w)).view(torch.bool)
-        for index, upsampled in self._dense(x, cells.dense):
-            batch = torch.arange(len(index), device=x.device)[:, None, None]
-            window[index] = upsampled[batch, r[index][:, :, None], c[index][:, None, :]] > threshold
+        by_row = torch.gather(sure, 1, cell_r[:, :, None].expand(n, win_h, win_cells))
+        window = torch.gather(by_row, 2, cell_c[:, None, :].expand(n, win_h, win_w)).view(torch.bool) & inside
         for part in cells.straddling:
             above = part.above[:, 0]
             out_r = part.out_row[:, :, None] - top[part.mask][:, None, None]
@@ -257,30 +325,14 @@ class UpsamplePlan:
             fits &= part.row_valid[:, :, None] & part.col_valid[:, None, :]
             owner = part.mask[:, None, None].expand(above.shape)
             window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
-        return window & inside
+        return window
 
     def _classify(self, x: torch.Tensor, thresholds: list[float]) -> _Cells:
-        """Per threshold, the cells surely above it; and the cells evaluated exactly.
-
-        A blend of sources that are all > t + margin is > t, and of sources all <= t - margin is <= t:
-        rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
-        covers. So a cell whose sources' minimum is > t + margin is sure, one whose maximum is
-        <= t - margin is below, and the rest straddle: their pixels are computed once and compared
-        with all thresholds, and they are left out of every sure map. A NaN source makes the whole
-        block NaN (never above), as min/max propagate it into "not sure, not straddling".
-        """
-        margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
-        row0, col0, low, high = self._cell_bounds(x, min(t - m for t, m in zip(thresholds, margins)))
-        # All thresholds in one comparison each, in float32 as PyTorch compares with a Python float.
-        above = torch.tensor([t + m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
-        below = torch.tensor([t - m for t, m in zip(thresholds, margins)], dtype=torch.float32, device=x.device)
-        sure = low[:, None] > above[None, :, None, None]  # (N, T, rows, cols)
-        straddle = ((high[:, None] > below[None, :, None, None]) & ~sure).any(dim=1)
-        dense = straddle.sum(dim=(1, 2)) > self._dense_cells
-        if bool(dense.any()):
-            straddle &= ~dense[:, None, None]
-            sure &= ~dense[:, None, None, None]
-        sure &= ~straddle[:, None]
+        """Per cell, how many of the (ascending) thresholds its whole block is surely above; and the
+        straddling cells, whose pixels are computed once and compared with all thresholds."""
+        above, below = _margins(thresholds)
+        row0, col0, low, high = self._cell_bounds(x, min(below))
+        level, straddle = _cell_levels(low, high, above, below)
         mask, row, col = straddle.nonzero(as_tuple=True)
         row, col = row + row0[mask], col + col0[mask]
         parts = []
@@ -296,11 +348,30 @@ class UpsamplePlan:
                     self.rows.block_valid[ii, :block_h], self.cols.block_valid[jj, :block_w],
                     values[:, None] > levels,
                 ))
-        return _Cells(row0, col0, sure, parts, dense.nonzero()[:, 0])
+        return _Cells(row0, col0, level, parts)
+
+    def _goes_dense(self, x: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+        """(N,) bool: the masks to upsample whole, whose straddling cells exceed the plan's limit.
+
+        Decided before the classification, which dense masks then skip. The route changes the speed,
+        never the result, so an estimate does: cells blending sources (i, i + 1) x (j, j + 1) on every
+        `_SAMPLE_STRIDE`-th row i, by strided views rather than the exact (edge-clamped, possibly
+        identity or downsampling) cell layout.
+        """
+        if self._dense_cells == math.inf or self._dense_cells <= 0:
+            return torch.full((len(x),), self._dense_cells <= 0, dtype=torch.bool, device=x.device)
+        upper, lower = x[:, 0:-1:_SAMPLE_STRIDE], x[:, 1::_SAMPLE_STRIDE]
+        low, high = torch.minimum(upper, lower), torch.maximum(upper, lower)
+        low = torch.minimum(low[:, :, :-1], low[:, :, 1:])
+        high = torch.maximum(high[:, :, :-1], high[:, :, 1:])
+        _, straddle = _cell_levels(low, high, *_margins(thresholds))
+        sampled = straddle.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
+        return sampled * (self.in_size / max(upper.shape[1], 1)) > self._dense_cells
 
     def _dense(self, x: torch.Tensor, masks: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(index, (n, h, w) float32 upsampled logits) for the given masks, a few at a time."""
-        step = max(1, _DENSE_CHUNK_PIXELS // (self.out_hw[0] * self.out_hw[1]))
+        pixels = _DENSE_CHUNK_PIXELS * (1 if x.device.type == "cpu" else 16)
+        step = max(1, pixels // (self.out_hw[0] * self.out_hw[1]))
         for start in range(0, len(masks), step):
             index = masks[start : start + step]
             upsampled = F.interpolate(x[index][:, None], self.out_hw, mode="bilinear", align_corners=False)
@@ -382,7 +453,7 @@ class UpsamplePlan:
 
     def _window_weights(self, cells: _Cells) -> tuple[torch.Tensor, torch.Tensor]:
         """Output pixels per window row (N, rows) float64 and per window column (N, cols) float32."""
-        rows, cols = cells.sure.shape[2:]
+        rows, cols = cells.level.shape[1:]
         local_r = torch.arange(rows, device=cells.row0.device)
         local_c = torch.arange(cols, device=cells.col0.device)
         cell_r = (cells.row0[:, None] + local_r).clamp(max=self.in_size - 1)
@@ -391,7 +462,7 @@ class UpsamplePlan:
 
     def _boxes(self, cells: _Cells, k: int) -> torch.Tensor:
         """(N, 4) inclusive XYXY of the pixels above thresholds[k]; zeros for empty masks (the official convention)."""
-        top, bottom, left, right = self._sure_box(cells, cells.sure[:, k])
+        top, bottom, left, right = self._sure_box(cells, cells.level > k)
         for part in cells.straddling:
             self._merge_straddling_box(part, part.above[:, k], (top, bottom, left, right))
         empty = (top > bottom) | (left > right)
