@@ -92,10 +92,9 @@ def test_each_route_alone_equals_dense_upsampling(size_hw, dense_share):
     _assert_equals_dense(x, size_hw, THRESHOLDS, 0.0, dense_share)
 
 
-def test_maps_straddling_most_cells_take_the_dense_route_and_blobs_the_cells():
-    grid = torch.arange(256.0)
-    blob = 10 - ((grid[:, None] - 100) ** 2 + (grid[None, :] - 150) ** 2) / 300  # three circular contours
-    x = torch.stack([_smooth_logits(5, seed=3)[4], blob, torch.zeros(256, 256)])  # noisy, blob, on a threshold
+def test_maps_straddling_most_cells_take_the_dense_route_and_smooth_ones_the_cells():
+    ramp = ((torch.arange(256.0) - 127.5) / 10).expand(256, 256)  # three straight contours, 1.2% of the cells
+    x = torch.stack([_smooth_logits(5, seed=3)[4], ramp, torch.zeros(256, 256)])  # noisy, ramp, on a threshold
     assert UpsamplePlan(256, (427, 640))._goes_dense(x, THRESHOLDS).tolist() == [True, False, True]
     _assert_equals_dense(x, (427, 640), THRESHOLDS, 0.0)
 

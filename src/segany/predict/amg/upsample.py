@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 _CELL_CHUNK = 1 << 16  # straddling cells evaluated per step (bounds memory: cells * block pixels)
 _MASK_CHUNK = 128  # masks classified per step (bounds memory: masks * in * in)
-_SAMPLE_STRIDE = 4  # the dense route is chosen on every 4th cell row: a quarter of a full count's work
+_SAMPLE_STRIDE = 16  # the dense route is chosen on every 16th cell row: ~4k cells, enough for a share
 # Upsampled pixels per step on the dense route: about one 427x640 mask (1 MB of float32) on CPU, so
 # that its threshold passes read it from cache; 16 times that on accelerators, to keep them busy.
 _DENSE_CHUNK_PIXELS = 1 << 18
