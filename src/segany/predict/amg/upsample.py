@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segany.predict.amg.bilinear import AxisPlan, axis_plan, blend
+
 _CELL_CHUNK = 1 << 16  # straddling cells evaluated per step (bounds memory: cells * block pixels)
 _MASK_CHUNK = 128  # masks classified per step (bounds memory: masks * in * in)
 _SAMPLE_STRIDE = 16  # the dense route is chosen on every 16th cell row: ~4k cells, enough for a share
@@ -39,61 +41,6 @@ _DENSE_CHUNK_PIXELS = 1 << 18
 # F.interpolate plus the numpy threshold passes (measured on a 2-core Xeon, 640x427 and 1024x768
 # crops: 128 smooth synthetic masks at 1024x768 take 447 ms at 0.1, 237 ms at 0.03 and 0.01).
 DENSE_SHARE = 0.03
-
-
-@dataclass(frozen=True)
-class _AxisPlan:
-    """Source taps and weights along one axis, per output index and per low-res cell."""
-
-    index0: torch.Tensor  # (out,) int64 first source index
-    index1: torch.Tensor  # (out,) int64 second source index
-    weight0: torch.Tensor  # (out,) float32
-    weight1: torch.Tensor  # (out,) float32
-    cell_start: torch.Tensor  # (in,) int64 first output index of each cell
-    cell_count: torch.Tensor  # (in,) int64 output indices in each cell (0 when downsampling skips it)
-    cell_next: torch.Tensor  # (in,) int64 second source index of each cell
-    block_index: torch.Tensor  # (in, block) int64 output indices of each cell, clamped
-    block_valid: torch.Tensor  # (in, block) bool
-    block_weight0: torch.Tensor  # (in, block) float32 weight0 of each block entry; NaN on padding
-    block_weight1: torch.Tensor  # (in, block) float32 weight1 of each block entry; NaN on padding
-
-
-def _axis_plan(in_size: int, out_size: int, device: torch.device) -> _AxisPlan:
-    """PyTorch's `upsample_bilinear2d` (align_corners=False, no scale factor) taps, in float32."""
-    out_index = np.arange(out_size)
-    if in_size == out_size:  # PyTorch's identity shortcut
-        index0 = out_index.astype(np.int64)
-        index1 = index0.copy()
-        weight1 = np.zeros(out_size, dtype=np.float32)
-    else:
-        scale = np.float32(in_size) / np.float32(out_size)
-        centre = (out_index.astype(np.float32) + np.float32(0.5)).astype(np.float64)
-        # PyTorch's compiled kernel fuses this multiply-add (one rounding); float64 is exact here.
-        real = (np.float64(scale) * centre - 0.5).astype(np.float32)
-        real = np.where(real < 0, np.float32(0), real).astype(np.float32)
-        index0 = np.minimum(np.floor(real).astype(np.int64), in_size - 1)
-        weight1 = np.clip(real - index0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
-        index1 = index0 + (index0 < in_size - 1)
-    weight0 = (np.float32(1) - weight1).astype(np.float32)
-    cell_count = np.bincount(index0, minlength=in_size)
-    cell_start = np.concatenate([[0], np.cumsum(cell_count)[:-1]])
-    cell_next = np.minimum(np.arange(in_size) + 1, in_size - 1) if in_size != out_size else np.arange(in_size)
-    block = max(int(cell_count.max()), 1)
-    offsets = np.arange(block)
-    block_index = np.minimum(cell_start[:, None] + offsets[None, :], out_size - 1)
-    block_valid = offsets[None, :] < cell_count[:, None]
-    # NaN weights make padding values NaN, which no threshold comparison counts as above.
-    block_weight0 = np.where(block_valid, weight0[block_index], np.float32(np.nan)).astype(np.float32)
-    block_weight1 = np.where(block_valid, weight1[block_index], np.float32(np.nan)).astype(np.float32)
-
-    def tensor(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
-
-    return _AxisPlan(
-        tensor(index0), tensor(index1), tensor(weight0), tensor(weight1), tensor(cell_start.astype(np.int64)),
-        tensor(cell_count.astype(np.int64)), tensor(cell_next.astype(np.int64)), tensor(block_index),
-        tensor(block_valid), tensor(block_weight0), tensor(block_weight1),
-    )
 
 
 def _threshold_stats(values: torch.Tensor, thresholds: list[float], box_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,17 +115,6 @@ def _cell_levels(
     return torch.as_tensor(surely), torch.as_tensor(straddle)
 
 
-def _blend(first: torch.Tensor, weight0: torch.Tensor, second: torch.Tensor, weight1: torch.Tensor) -> torch.Tensor:
-    """first * weight0 + second * weight1 rounded as PyTorch's compiled CPU kernel does it.
-
-    The kernel computes the second product, then fuses the first multiply with the add (one
-    rounding); the product of two float32 is exact in float64, which emulates the fused step. This
-    keeps values bit-identical to `F.interpolate` on x86 CPUs (blending along x, then along y).
-    """
-    second_term = (second * weight1).double()
-    return (first.double() * weight0.double() + second_term).float()
-
-
 @dataclass(frozen=True)
 class UpsampledStats:
     """Per-mask facts about the upsampled logits of a batch."""
@@ -220,8 +156,8 @@ class UpsamplePlan:
         self.in_size = int(in_size)
         self.out_hw = (int(out_hw[0]), int(out_hw[1]))
         self.device = torch.device(device)
-        self.rows = _axis_plan(self.in_size, self.out_hw[0], self.device)
-        self.cols = _axis_plan(self.in_size, self.out_hw[1], self.device)
+        self.rows = axis_plan(self.in_size, self.out_hw[0], self.device)
+        self.cols = axis_plan(self.in_size, self.out_hw[1], self.device)
         # Straddling cells per mask above which it is upsampled whole (0: always; inf: never).
         cell_pixels = self._inner_block(self.rows) * self._inner_block(self.cols)
         self._dense_cells = dense_share * self.out_hw[0] * self.out_hw[1] / cell_pixels
@@ -399,7 +335,7 @@ class UpsamplePlan:
         groups = [(slice(0, split), inner_hw), (slice(split, None), full)]
         return [(mask[g], row[g], col[g], hw) for g, hw in groups if len(mask[g])]
 
-    def _inner_block(self, axis: _AxisPlan) -> int:
+    def _inner_block(self, axis: AxisPlan) -> int:
         """Output indices per cell, at most, over the cells that are neither first nor last."""
         counts = axis.cell_count[1:-1]
         return max(int(counts.max()), 1) if len(counts) else axis.block_index.shape[1]
@@ -501,8 +437,8 @@ class UpsamplePlan:
         c, d = x[ni, i2, jj][:, None], x[ni, i2, j2][:, None]
         wx0, wx1 = cols.block_weight0[jj, :block_w], cols.block_weight1[jj, :block_w]  # (K, block_w)
         wy0, wy1 = rows.block_weight0[ii, :block_h][:, :, None], rows.block_weight1[ii, :block_h][:, :, None]
-        upper, lower = _blend(a, wx0, b, wx1), _blend(c, wx0, d, wx1)
-        return _blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
+        upper, lower = blend(a, wx0, b, wx1), blend(c, wx0, d, wx1)
+        return blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
 
     def _merge_straddling_box(self, part: _Straddling, above: torch.Tensor, box: tuple[torch.Tensor, ...]) -> None:
         """Widen (top, bottom, left, right) in place by the set pixels of straddling cells."""
