@@ -182,12 +182,10 @@ class UpsamplePlan:
         box_k = distinct.index(box_threshold)
         counts = torch.zeros(len(x), len(distinct), dtype=torch.int64, device=x.device)
         boxes = torch.zeros(len(x), 4, dtype=torch.int64, device=x.device)
-        dense = self._goes_dense(x, distinct)
-        by_cells = (~dense).nonzero()[:, 0]
-        if len(by_cells):
-            part = x if len(by_cells) == len(x) else x[by_cells]
-            counts[by_cells], boxes[by_cells] = self._cell_stats(self._classify(part, distinct), len(distinct), box_k)
-        for index, upsampled in self._dense(x, dense.nonzero()[:, 0]):
+        by_cells, cells, by_dense = self._routes(x, distinct)
+        if cells is not None:
+            counts[by_cells], boxes[by_cells] = self._cell_stats(cells, len(distinct), box_k)
+        for index, upsampled in self._dense(x, by_dense):
             counts[index], boxes[index] = _threshold_stats(upsampled, distinct, box_k)
         order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
         return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
@@ -225,16 +223,23 @@ class UpsamplePlan:
         inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
         window = torch.zeros(len(x), win_h, win_w, dtype=torch.bool, device=x.device)
-        dense = self._goes_dense(x, [threshold])
-        by_cells = (~dense).nonzero()[:, 0]
-        if len(by_cells):
-            part = x if len(by_cells) == len(x) else x[by_cells]
-            cells = self._classify(part, [threshold])
+        by_cells, cells, by_dense = self._routes(x, [threshold])
+        if cells is not None:
             window[by_cells] = self._cell_window(cells, r[by_cells], c[by_cells], top[by_cells], left[by_cells])
-        for index, upsampled in self._dense(x, dense.nonzero()[:, 0]):
+        for index, upsampled in self._dense(x, by_dense):
             batch = torch.arange(len(index), device=x.device)[:, None, None]
             window[index] = upsampled[batch, r[index][:, :, None], c[index][:, None, :]] > threshold
         return window & inside
+
+    def _routes(self, x: torch.Tensor, thresholds: list[float]) -> tuple[torch.Tensor, _Cells | None, torch.Tensor]:
+        """Masks of (N, in, in) `x` on the cells route (M,) int64, their classification (None when M = 0),
+        and masks on the dense route (D,) int64."""
+        dense = self._goes_dense(x, thresholds)
+        by_cells = (~dense).nonzero()[:, 0]
+        cells = None
+        if len(by_cells):
+            cells = self._classify(x if len(by_cells) == len(x) else x[by_cells], thresholds)
+        return by_cells, cells, dense.nonzero()[:, 0]
 
     def _cell_window(
         self, cells: _Cells, r: torch.Tensor, c: torch.Tensor, top: torch.Tensor, left: torch.Tensor
