@@ -6,12 +6,27 @@ import os
 import sys
 import threading
 
+import torch
+
 _lock = threading.Lock()
 _done = False
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+
+
+def onednn_runs_avx512() -> bool:
+    """Whether torch dispatches AVX-512 kernels and oneDNN may too.
+
+    `ATEN_CPU_CAPABILITY=avx2` and `ONEDNN_MAX_CPU_ISA=AVX2` cap them below what the CPU has (how an
+    AVX2-only machine is emulated, or a kernel bug avoided). Not cached: a microsecond, and tests set
+    the variables.
+    """
+    if "AVX512" not in torch.backends.cpu.get_cpu_capability():
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
+    return isa in ("ALL", "DEFAULT") or isa.startswith("AVX512") or "AMX" in isa
 
 
 def tune_cpu_allocator() -> bool:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segany import runtime
+
 MIN_ROWS = 2048
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -46,6 +48,15 @@ def plain() -> Iterator[None]:
         yield
     finally:
         _plain_only.reset(token)
+
+
+def _gelu_in_epilogue() -> bool:
+    """Whether oneDNN's GELU epilogue beats a separate `F.gelu` pass: only with its AVX-512 erf.
+
+    Its AVX2 erf is slow: 4096x384 -> 1536 took 23.1 ms plain, 30.8 ms with the GELU epilogue and 2.6 ms
+    more for `F.gelu` after it (2-core Xeon capped at AVX2); with AVX-512, 15.0, 15.8 and 1.9 ms.
+    """
+    return runtime.onednn_runs_avx512()
 
 
 def activation_name(module: nn.Module) -> str | None:
@@ -92,6 +103,8 @@ def affine(
     if active(x, weight) and x.numel() >= MIN_ROWS * x.shape[-1]:
         if residual is not None and residual.shape[:-1] == x.shape[:-1] and residual.dtype == x.dtype:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), weight, bias, "add")
+        if residual is None and activation == "gelu" and not _gelu_in_epilogue():
+            return F.gelu(torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none"))
         if residual is None:
             # The last argument picks GELU's algorithm: "none" is the exact erf form, as nn.GELU().
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation or "none", [], "none")

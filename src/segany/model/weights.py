@@ -11,7 +11,7 @@ import torch
 
 from segany.errors import CheckpointError, InvalidInput, ModelNotFound
 from segany.model import hub
-from segany.runtime import tune_cpu_allocator
+from segany.runtime import onednn_runs_avx512, tune_cpu_allocator
 from segany.model.sam2 import SAM2ImageModel
 from segany.model.video import SAM2VideoModel
 from segany.model.variants import VariantSpec, get_variant, list_variants, variant_for_trunk
@@ -198,10 +198,7 @@ def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats float32,
     and torch and oneDNN may use them: ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 (how an AVX2
     machine is emulated, or a kernel bug avoided) leave oneDNN unable to build bf16 linears at all."""
-    if "AVX512" not in torch.backends.cpu.get_cpu_capability():
-        return False
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
-    if isa not in ("ALL", "DEFAULT") and not isa.startswith("AVX512") and "AMX" not in isa:
+    if not onednn_runs_avx512():
         return False
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -146,7 +146,8 @@ class Predictor:
 
         Thresholded masks are written straight into the result, one prompt's logits at a time: at
         1024x768 that float32 intermediate (9 MB for 3 masks) stays in cache, where 16 prompts' (150 MB)
-        made a round trip through memory before the comparison.
+        made a round trip through memory before the comparison. The threshold is compared in float32,
+        as torch compares a float32 tensor with a Python float.
         """
         b, c = low_res.shape[:2]
         on_cpu = low_res.device.type == "cpu"
@@ -157,8 +158,8 @@ class Predictor:
             up = F.interpolate(low_res[start : start + chunk].float(), size=size_hw, mode="bilinear", align_corners=False)
             if threshold is None:
                 target[start : start + chunk] = up.cpu()
-            elif on_cpu:
-                torch.gt(up, threshold, out=target[start : start + chunk])
+            elif on_cpu:  # numpy's compare into bool is ~2x faster than torch's on both threads
+                np.greater(up.numpy(), np.float32(threshold), out=out[start : start + chunk])
             else:  # compare on the device, move bools
                 target[start : start + chunk] = (up > threshold).cpu()
         return out
