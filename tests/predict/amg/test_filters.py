@@ -206,6 +206,10 @@ def test_fill_on_decoder_like_maps_matches_dense_labelling_and_is_a_view_when_cl
     assert not np.array_equal(expected, logits.numpy())
     np.testing.assert_array_equal(fill_small_regions(logits, 25, 0.0).numpy(), expected)
     np.testing.assert_array_equal(fill_small_regions(logits, 25, -0.5).numpy(), _dense_fill(logits.numpy(), 25, -0.5))
+    owned = logits.clone()
+    filled = fill_small_regions(owned, 25, 0.0, in_place=True)
+    assert filled is owned  # overwritten, not copied
+    np.testing.assert_array_equal(filled.numpy(), expected)
 
 
 def test_fill_of_many_small_components_matches_dense_labelling():

@@ -53,7 +53,7 @@ def batched_nms(
     return order[np.asarray(keep, dtype=np.int64)]
 
 
-def fill_small_regions(logits: torch.Tensor, max_area: int, mask_threshold: float) -> torch.Tensor:
+def fill_small_regions(logits: torch.Tensor, max_area: int, mask_threshold: float, in_place: bool = False) -> torch.Tensor:
     """Fill small holes, then remove small islands, of a batch of low-resolution logit maps.
 
     Official semantics (`SAM2Transforms.postprocess_masks` with max_hole_area = max_sprinkle_area =
@@ -63,6 +63,7 @@ def fill_small_regions(logits: torch.Tensor, max_area: int, mask_threshold: floa
 
     Args:
         logits: (N, h, w) float32 on any device.
+        in_place: the caller owns `logits` and lets it be overwritten (a CPU float32 batch then is).
     Returns:
         (N, h, w) float32 on the input's device; `logits` itself (as float32) when nothing changes.
     """
@@ -74,11 +75,13 @@ def fill_small_regions(logits: torch.Tensor, max_area: int, mask_threshold: floa
     holes, islands = _small_components(foreground, windows, max_area)
     if not holes and not islands:
         return logits.float()
-    filled = values.copy()
+    # Overwriting the caller's batch saves a copy of it (22 MB for 85 masks at 256x256).
+    writable = in_place and logits.device.type == "cpu" and logits.dtype == torch.float32
+    filled = values if writable else values.copy()
     for small, value in ((holes, mask_threshold + 10.0), (islands, mask_threshold - 10.0)):
         for k, (top, bottom, left, right), pixels in small:
             filled[k, top:bottom, left:right][pixels] = np.float32(value)
-    return torch.from_numpy(filled).to(logits.device)
+    return logits if filled is values else torch.from_numpy(filled).to(logits.device)
 
 
 def _windows(foreground: np.ndarray, max_area: int) -> list[tuple[int, int, int, int, int]]:
