@@ -89,7 +89,7 @@ def _reaching(x: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor
     if n == 0 or size % _ROW_BLOCK:
         return ~(x.amax(dim=2) <= floor), ~(x.amax(dim=1) <= floor)
     count = size // _ROW_BLOCK
-    blocks = x.view(n, count, _ROW_BLOCK, size).amax(dim=2)  # (N, blocks, in)
+    blocks = x.reshape(n, count, _ROW_BLOCK, size).amax(dim=2)  # (N, blocks, in)
     cols = ~(blocks.amax(dim=1) <= floor)
     block_reach = ~(blocks.amax(dim=2) <= floor)  # (N, blocks)
     index = torch.arange(count, device=x.device)
