@@ -132,3 +132,15 @@ def test_cluster_metrics_sum_the_latest_counters_of_every_replica():
     assert "segany_cluster_embedding_cache_hits_total 8" in lines  # r1's latest (3) + r2's 5
     assert "segany_cluster_embedding_cache_misses_total 3" in lines
     assert 'segany_replica_embedding_cache_hits_total{replica="r2",node="n2"} 5' in lines
+
+
+def test_a_miss_is_final_only_from_the_replica_that_served_the_image():
+    """A 404 for an image id is asked again unless the replica that last answered for that image gave it."""
+    from segany.server.ray.ingress import SeganyIngress
+
+    ingress = SeganyIngress(backend=None, max_image_pixels=MAX_PIXELS, request_timeout_s=1.0)
+    assert not ingress.miss_is_final("my-mug", "r1")  # never served here: the router may have guessed
+    ingress.remember_holder("my-mug", "r1")
+    assert not ingress.miss_is_final("my-mug", "r2")  # another replica: the router did not know yet
+    assert ingress.miss_is_final("my-mug", "r1")  # the holder itself evicted it
+    assert not ingress.miss_is_final("my-mug", "r1")  # and is forgotten: a new upload names the holder again

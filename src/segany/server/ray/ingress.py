@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from starlette.requests import Request
@@ -30,10 +31,13 @@ log = logging.getLogger("segany.server.ray")
 
 RETRY_AFTER_S = 2  # about the time Ray needs to notice a dead replica and route around it
 RETRY_PAUSE_S = 0.5
-# Replicas report the keys they hold to the router about once a second, so a click sent right after its
-# image's upload can reach a replica that never saw it and get 404. Such a 404 is asked again (a read) a
-# few times over about this long; by then the router sends it to the replica holding the key.
-UNKNOWN_ID_RETRY_S = (0.3, 0.7, 1.5)
+# Replicas report the keys they hold to the router, which takes a moment, and longer on a loaded machine (over
+# 2.5 s once in CI); until the router knows, a click sent right after its image's upload may go to any
+# replica with few keys and get 404. Such a 404 is asked again (a read), each try another draw, over ~10 s,
+# unless it came from the replica that last answered for that key: there the image was evicted, and the 404
+# is final at once (the client uploads again).
+UNKNOWN_ID_RETRY_S = (0.3, 0.7, 1.5, 3.0, 4.5)
+HOLDERS_KEPT = 1 << 16  # image keys whose last replica the ingress remembers (~100 bytes each)
 
 
 def _retryable_errors() -> tuple[type[BaseException], ...]:
@@ -54,6 +58,7 @@ class SeganyIngress:
         self.timeout_s = request_timeout_s + 10.0  # the replica's own limit answers first when it is alive
         self.retries = retries
         self.replicas: dict[str, ReplicaAnswer] = {}  # latest answer per replica (counters only are read)
+        self.holders: OrderedDict[str, str] = OrderedDict()  # image key -> replica that last answered 200
         self.retried = 0
         self.unavailable = 0
 
@@ -103,10 +108,28 @@ class SeganyIngress:
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
             self.replicas[answer.replica] = answer
-            if answer.status == 404 and unknown_id_pauses and time.monotonic() + unknown_id_pauses[0] < deadline:
+            if key is not None and answer.status == 200:
+                self.remember_holder(key.key, answer.replica)
+            if (answer.status == 404 and unknown_id_pauses and not self.miss_is_final(key.key, answer.replica)
+                    and time.monotonic() + unknown_id_pauses[0] < deadline):
                 await asyncio.sleep(unknown_id_pauses.pop(0))  # the router may not know where the id lives yet
                 continue
             return answer
+
+    def remember_holder(self, key: str, replica: str) -> None:
+        """Note that `replica` just served image `key` (so it holds the embedding), forgetting the oldest keys."""
+        self.holders[key] = replica
+        self.holders.move_to_end(key)
+        if len(self.holders) > HOLDERS_KEPT:
+            self.holders.popitem(last=False)
+
+    def miss_is_final(self, key: str, replica: str) -> bool:
+        """Whether a 404 for image id `key` from `replica` stands: that replica last served the key and has
+        since evicted it. From any other replica (or for a key never served here) the router may have guessed."""
+        if self.holders.get(key) != replica:
+            return False
+        del self.holders[key]
+        return True
 
     def _unavailable(self, path: str, why: str) -> Response:
         from segany.server.dialects import render_error
