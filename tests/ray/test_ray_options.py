@@ -101,9 +101,16 @@ def test_every_way_of_sending_an_image_gets_its_pixel_digest():
 
 def test_an_image_id_is_its_own_key_and_unreadable_requests_have_none():
     png = _png(0)
+    digest = image_digest(load_image(png))
     named = affinity_key("application/json", json.dumps({"image_id": "abc", "image": "x"}).encode(), MAX_PIXELS)
-    assert named == ImageKey("abc", by_id=True)
-    assert affinity_key(*_multipart({"image_id": "my-cat", "image": png}), MAX_PIXELS) == ImageKey("my-cat", True)
+    assert named == ImageKey("abc", by_id=True)  # pixels that do not decode: the id is the key
+    # Pixels that decode are the key, and the id they are named by its alias.
+    assert affinity_key(*_multipart({"image_id": "my-cat", "image": png}), MAX_PIXELS) == \
+        ImageKey(digest, False, alias="my-cat")
+    roboflow = {"image_id": "my-mug", "image": {"type": "base64", "value": base64.b64encode(png).decode()}}
+    assert affinity_key("application/json", json.dumps(roboflow).encode(), MAX_PIXELS) == \
+        ImageKey(digest, False, alias="my-mug")
+    assert affinity_key("application/json", b'{"image_id": "my-mug"}', MAX_PIXELS) == ImageKey("my-mug", True)
     for content_type, body in [("application/json", b'{"image": "https://example.com/a.png"}'),
                                ("application/json", b'{"image": "not base64!"}'), ("application/json", b"[1, 2]"),
                                ("application/json", b"{broken"), ("image/png", b"not a png"), ("text/plain", b"hi"),
@@ -144,3 +151,16 @@ def test_a_miss_is_final_only_from_the_replica_that_served_the_image():
     assert not ingress.miss_is_final("my-mug", "r2")  # another replica: the router did not know yet
     assert ingress.miss_is_final("my-mug", "r1")  # the holder itself evicted it
     assert not ingress.miss_is_final("my-mug", "r1")  # and is forgotten: a new upload names the holder again
+
+
+def test_a_request_by_alias_is_keyed_by_the_digest_its_upload_named():
+    """The router knows where a digest lives long before it learns of a brand-new alias."""
+    from segany.server.ray.ingress import SeganyIngress
+
+    ingress = SeganyIngress(backend=None, max_image_pixels=MAX_PIXELS, request_timeout_s=1.0)
+    assert ingress.through_aliases(ImageKey("my-mug", True)) == ImageKey("my-mug", True)  # not taught yet
+    upload = ImageKey("d1", False, alias="my-mug")
+    assert ingress.through_aliases(upload) == upload
+    assert ingress.through_aliases(ImageKey("my-mug", True)) == ImageKey("d1", True)
+    assert ingress.through_aliases(ImageKey("d1", True)) == ImageKey("d1", True)
+    assert ingress.through_aliases(None) is None

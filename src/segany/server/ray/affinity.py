@@ -4,9 +4,10 @@ The key is the image the request is about, so that every request for one image r
 embedding cache holds it (Ray Serve routes a request with `multiplexed_model_id=key` to a replica that has
 served that key before, else to the replica holding the fewest keys):
 
-- a request naming an image (`image_id`: the native API's pixel digest, or a Roboflow client id) is keyed by
-  that id;
-- a request carrying the image itself (JSON `image` / `inputs` / `input.image` as base64 or a data URI, a
+- a request naming an image (`image_id`: the native API's pixel digest, or a Roboflow client id) without
+  sending it is keyed by that id (the ingress first maps a client id to the digest it was uploaded with);
+- a request carrying the image itself (also when it names an `image_id` for it, which becomes the key's
+  `alias`) (JSON `image` / `inputs` / `input.image` as base64 or a data URI, a
   multipart `image` upload, or a raw image body) is keyed by the digest of its decoded pixels
   (`segany.io.images.image_digest`), which is exactly the `image_id` the server answers with, so the
   upload and the clicks that follow it land on the same replica;
@@ -40,6 +41,20 @@ class ImageKey:
 
     key: str
     by_id: bool
+    alias: str | None = None  # the image_id an upload names its pixels by (its key is their digest)
+
+
+def _named_or_pixels(image_id: Any, pixels: ImageKey | None) -> ImageKey | None:
+    """The key of a request with (readable) pixels and/or an image id: pixels win, naming their alias.
+
+    Keying an aliased upload by its digest sends it where that image may already be embedded, and gives
+    the ingress a digest to route the alias's later requests by: a brand-new alias alone would be a key
+    the router learns of only after a replica reports it.
+    """
+    named = image_id if isinstance(image_id, str) and 0 < len(image_id) <= MAX_KEY_CHARS else None
+    if pixels is not None:
+        return ImageKey(pixels.key, by_id=False, alias=named)
+    return ImageKey(named, by_id=True) if named is not None else None
 
 
 def retry_safe(method: str, path: str) -> bool:
@@ -68,9 +83,6 @@ def _json_key(body: bytes, max_pixels: int) -> ImageKey | None:
         return None
     if not isinstance(payload, dict):
         return None
-    image_id = payload.get("image_id")
-    if isinstance(image_id, str) and 0 < len(image_id) <= MAX_KEY_CHARS:
-        return ImageKey(image_id, by_id=True)
     nested = payload.get("input")
     candidates = [payload.get(name) for name in _IMAGE_FIELDS]
     if isinstance(nested, dict):
@@ -80,10 +92,11 @@ def _json_key(body: bytes, max_pixels: int) -> ImageKey | None:
             value = value.get("value") if value.get("type", "base64") == "base64" else None
         if isinstance(value, str) and value and not value[:8].lower().startswith(("http://", "https://")):
             try:
-                return _pixels_key(decode_base64_image(value, field="image"), max_pixels)
+                pixels = _pixels_key(decode_base64_image(value, field="image"), max_pixels)
             except SeganyError:
-                return None
-    return None
+                pixels = None
+            return _named_or_pixels(payload.get("image_id"), pixels)
+    return _named_or_pixels(payload.get("image_id"), None)
 
 
 def _multipart_key(content_type: str, body: bytes, max_pixels: int) -> ImageKey | None:
@@ -93,16 +106,17 @@ def _multipart_key(content_type: str, body: bytes, max_pixels: int) -> ImageKey 
     if not message.is_multipart():
         return None
     image_part: Any = None
+    image_id = None
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if name == "image_id":
-            text = part.get_payload(decode=True).decode("utf-8", "replace").strip()
-            if 0 < len(text) <= MAX_KEY_CHARS:
-                return ImageKey(text, by_id=True)
+            image_id = part.get_payload(decode=True).decode("utf-8", "replace").strip()
         elif name == "image":
             image_part = part
-    if image_part is None:
-        return None
+    return _named_or_pixels(image_id, None if image_part is None else _part_pixels(image_part, max_pixels))
+
+
+def _part_pixels(image_part: Any, max_pixels: int) -> ImageKey | None:
     data = image_part.get_payload(decode=True) or b""
     if image_part.get_filename() is None:  # a text field: base64 or a URL
         text = data.decode("utf-8", "replace").strip()

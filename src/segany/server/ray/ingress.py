@@ -37,7 +37,7 @@ RETRY_PAUSE_S = 0.5
 # unless it came from the replica that last answered for that key: there the image was evicted, and the 404
 # is final at once (the client uploads again).
 UNKNOWN_ID_RETRY_S = (0.3, 0.7, 1.5, 3.0, 4.5)
-HOLDERS_KEPT = 1 << 16  # image keys whose last replica the ingress remembers (~100 bytes each)
+HOLDERS_KEPT = 1 << 16  # image keys (and aliases) the ingress remembers a replica (digest) of, ~100 bytes each
 
 
 def _retryable_errors() -> tuple[type[BaseException], ...]:
@@ -59,14 +59,15 @@ class SeganyIngress:
         self.retries = retries
         self.replicas: dict[str, ReplicaAnswer] = {}  # latest answer per replica (counters only are read)
         self.holders: OrderedDict[str, str] = OrderedDict()  # image key -> replica that last answered 200
+        self.aliases: OrderedDict[str, str] = OrderedDict()  # client image id -> digest it was uploaded with
         self.retried = 0
         self.unavailable = 0
 
     async def __call__(self, request: Request) -> Response:
         body = await request.body()
         path = request.url.path
-        key = await asyncio.to_thread(affinity_key, request.headers.get("content-type", ""), body,
-                                      self.max_image_pixels)
+        key = self.through_aliases(await asyncio.to_thread(
+            affinity_key, request.headers.get("content-type", ""), body, self.max_image_pixels))
         forwarded = ForwardedRequest(method=request.method, path=path, query=request.url.query,
                                      headers=[(k.decode("latin-1"), v.decode("latin-1"))
                                               for k, v in request.headers.raw],
@@ -116,12 +117,23 @@ class SeganyIngress:
                 continue
             return answer
 
+    def through_aliases(self, key: ImageKey | None) -> ImageKey | None:
+        """An upload naming an alias teaches the alias's digest; a request by a known alias is keyed by it.
+
+        Aliases are remembered per id, not per API key: two keys naming different images alike route one of
+        them by the other's digest, where it gets 404 and is asked again like any unknown id.
+        """
+        if key is None:
+            return None
+        if key.alias is not None:
+            _remember(self.aliases, key.alias, key.key)
+        elif key.by_id and key.key in self.aliases:
+            return ImageKey(self.aliases[key.key], by_id=True)
+        return key
+
     def remember_holder(self, key: str, replica: str) -> None:
         """Note that `replica` just served image `key` (so it holds the embedding), forgetting the oldest keys."""
-        self.holders[key] = replica
-        self.holders.move_to_end(key)
-        if len(self.holders) > HOLDERS_KEPT:
-            self.holders.popitem(last=False)
+        _remember(self.holders, key, replica)
 
     def miss_is_final(self, key: str, replica: str) -> bool:
         """Whether a 404 for image id `key` from `replica` stands: that replica last served the key and has
@@ -172,6 +184,14 @@ class SeganyIngress:
             f"segany_ingress_unavailable_total {self.unavailable}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _remember(table: OrderedDict[str, str], key: str, value: str) -> None:
+    """table[key] = value as the newest entry, dropping the oldest beyond `HOLDERS_KEPT`."""
+    table[key] = value
+    table.move_to_end(key)
+    if len(table) > HOLDERS_KEPT:
+        table.popitem(last=False)
 
 
 async def _result(pending: Any) -> ReplicaAnswer:
