@@ -95,7 +95,8 @@ def test_each_route_alone_equals_dense_upsampling(size_hw, dense_share):
 def test_maps_straddling_most_cells_take_the_dense_route_and_smooth_ones_the_cells():
     ramp = ((torch.arange(256.0) - 127.5) / 10).expand(256, 256)  # three straight contours, 1.2% of the cells
     x = torch.stack([_smooth_logits(5, seed=3)[4], ramp, torch.zeros(256, 256)])  # noisy, ramp, on a threshold
-    assert UpsamplePlan(256, (427, 640))._goes_dense(x, THRESHOLDS).tolist() == [True, False, True]
+    _, _, by_dense = UpsamplePlan(256, (427, 640))._routes(x, THRESHOLDS)
+    assert by_dense.tolist() == [0, 2]
     _assert_equals_dense(x, (427, 640), THRESHOLDS, 0.0)
 
 

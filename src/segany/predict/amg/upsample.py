@@ -102,6 +102,13 @@ def _reaching(x: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor
     return rows.scatter_(1, ends.view(n, -1), exact.view(n, -1)), cols
 
 
+def _cell_rows(table: torch.Tensor, cells: torch.Tensor, width: int) -> torch.Tensor:
+    """The first `width` entries of each of `cells`' rows of an (in, block) axis table.
+
+    index_select, then the cut: several times faster than indexing and slicing in one step."""
+    return table.index_select(0, cells)[:, :width]
+
+
 def _margins(thresholds: list[float]) -> tuple[list[float], list[float]]:
     """Per threshold t, the level a block's sources must all exceed for every blend of them to be > t,
     and the level they must all stay at or under for every blend to be <= t; float32 values.
@@ -159,6 +166,19 @@ class _Straddling:
     row_valid: torch.Tensor  # (K, block_h) bool: real output rows, not padding
     col_valid: torch.Tensor  # (K, block_w) bool
     above: torch.Tensor  # (K, T, block_h, block_w) bool per threshold, False on padding
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Per mask, the window of the cell grid that holds every cell with a source above the lowest threshold."""
+
+    row0: torch.Tensor  # (N,) int64 first cell row
+    col0: torch.Tensor  # (N,) int64 first cell column
+    rows: torch.Tensor  # (N,) int64 cell rows (0 for a mask that reaches nowhere)
+    cols: torch.Tensor  # (N,) int64 cell columns
+
+    def select(self, index: torch.Tensor) -> _Window:
+        return _Window(self.row0[index], self.col0[index], self.rows[index], self.cols[index])
 
 
 @dataclass(frozen=True)
@@ -260,11 +280,16 @@ class UpsamplePlan:
     def _routes(self, x: torch.Tensor, thresholds: list[float]) -> tuple[torch.Tensor, _Cells | None, torch.Tensor]:
         """Masks of (N, in, in) `x` on the cells route (M,) int64, their classification (None when M = 0),
         and masks on the dense route (D,) int64."""
-        dense = self._goes_dense(x, thresholds)
+        if self._dense_cells <= 0:
+            return torch.zeros(0, dtype=torch.int64, device=x.device), None, torch.arange(len(x), device=x.device)
+        window = self._cell_windows(x, min(_margins(thresholds)[1]))
+        dense = self._goes_dense(x, thresholds, window.rows * window.cols)
         by_cells = (~dense).nonzero()[:, 0]
         cells = None
-        if len(by_cells):
-            cells = self._classify(x if len(by_cells) == len(x) else x[by_cells], thresholds)
+        if len(by_cells) == len(x):
+            cells = self._classify(x, thresholds, window)
+        elif len(by_cells):
+            cells = self._classify(x[by_cells], thresholds, window.select(by_cells))
         return by_cells, cells, dense.nonzero()[:, 0]
 
     def _cell_window(
@@ -294,11 +319,12 @@ class UpsamplePlan:
             window[owner[fits], out_r[fits], out_c[fits]] = above[fits]
         return window
 
-    def _classify(self, x: torch.Tensor, thresholds: list[float]) -> _Cells:
-        """Per cell, how many of the (ascending) thresholds its whole block is surely above; and the
-        straddling cells, whose pixels are computed once and compared with all thresholds."""
+    def _classify(self, x: torch.Tensor, thresholds: list[float], window: _Window) -> _Cells:
+        """Per cell of each mask's `window`, how many of the (ascending) thresholds its whole block is
+        surely above; and the straddling cells, whose pixels are computed once and compared with all
+        thresholds."""
         above, below = _margins(thresholds)
-        row0, col0, low, high = self._cell_bounds(x, min(below))
+        row0, col0, low, high = self._cell_bounds(x, window)
         level, straddle = _cell_levels(low, high, above, below)
         mask, row, col = straddle.nonzero(as_tuple=True)
         row, col = row + row0[mask], col + col0[mask]
@@ -311,29 +337,33 @@ class UpsamplePlan:
                 values = self._cell_values(x, ni, ii, jj, block_hw)  # NaN on padding: never above
                 block_h, block_w = block_hw
                 parts.append(_Straddling(
-                    ni, self.rows.block_index[ii, :block_h], self.cols.block_index[jj, :block_w],
-                    self.rows.block_valid[ii, :block_h], self.cols.block_valid[jj, :block_w],
+                    ni, _cell_rows(self.rows.block_index, ii, block_h), _cell_rows(self.cols.block_index, jj, block_w),
+                    _cell_rows(self.rows.block_valid, ii, block_h), _cell_rows(self.cols.block_valid, jj, block_w),
                     values[:, None] > levels,
                 ))
         return _Cells(row0, col0, level, parts)
 
-    def _goes_dense(self, x: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
+    def _goes_dense(self, x: torch.Tensor, thresholds: list[float], window_cells: torch.Tensor) -> torch.Tensor:
         """(N,) bool: the masks to upsample whole, whose straddling cells exceed the plan's limit.
 
-        Decided before the classification, which dense masks then skip. The route changes the speed,
-        never the result, so an estimate does: cells blending sources (i, i + 1) x (j, j + 1) on every
-        `_SAMPLE_STRIDE`-th row i, by strided views rather than the exact (edge-clamped, possibly
-        identity or downsampling) cell layout.
+        Decided before the classification, which dense masks then skip. A mask straddles at most the
+        cells of its window (`window_cells`, (N,)), so only masks with larger windows are looked at.
+        The route changes the speed, never the result, so an estimate does: cells blending sources
+        (i, i + 1) x (j, j + 1) on every `_SAMPLE_STRIDE`-th row i, by strided views rather than the
+        exact (edge-clamped, possibly identity or downsampling) cell layout.
         """
-        if self._dense_cells == math.inf or self._dense_cells <= 0:
-            return torch.full((len(x),), self._dense_cells <= 0, dtype=torch.bool, device=x.device)
-        upper, lower = x[:, 0:-1:_SAMPLE_STRIDE], x[:, 1::_SAMPLE_STRIDE]
+        dense = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        large = (window_cells > self._dense_cells).nonzero()[:, 0]
+        if len(large) == 0:
+            return dense
+        upper, lower = x[:, 0:-1:_SAMPLE_STRIDE][large], x[:, 1::_SAMPLE_STRIDE][large]  # copies sampled rows only
         low, high = torch.minimum(upper, lower), torch.maximum(upper, lower)
         low = torch.minimum(low[:, :, :-1], low[:, :, 1:])
         high = torch.maximum(high[:, :, :-1], high[:, :, 1:])
         _, straddle = _cell_levels(low, high, *_margins(thresholds))
         sampled = straddle.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
-        return sampled * (self.in_size / max(upper.shape[1], 1)) > self._dense_cells
+        dense[large] = sampled * (self.in_size / max(upper.shape[1], 1)) > self._dense_cells
+        return dense
 
     def _dense(self, x: torch.Tensor, masks: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(index, (n, h, w) float32 upsampled logits) for the given masks, a few at a time."""
@@ -371,16 +401,21 @@ class UpsamplePlan:
         counts = axis.cell_count[1:-1]
         return max(int(counts.max()), 1) if len(counts) else axis.block_index.shape[1]
 
-    def _cell_bounds(self, x: torch.Tensor, floor: float) -> tuple[torch.Tensor, ...]:
-        """Each mask's window of cells that have a source > floor, and the min/max of every cell's sources.
+    def _cell_windows(self, x: torch.Tensor, floor: float) -> _Window:
+        """Each mask's window of the cells that have a source > floor (outside it every block is below)."""
+        row_reach, col_reach = _reaching(x, floor)
+        row0, rows_n = self._axis_window(row_reach, self._row_identity)
+        col0, cols_n = self._axis_window(col_reach, self._col_identity)
+        return _Window(row0, col0, rows_n, cols_n)
+
+    def _cell_bounds(self, x: torch.Tensor, window: _Window) -> tuple[torch.Tensor, ...]:
+        """The min/max of the sources of every cell in each mask's window.
 
         Returns row0, col0 (N,) int64 and low, high (N, rows, cols) float32, -inf outside a mask's
         window and on cells that own no output pixel (so they are never sure and never straddle).
         """
         n, size = x.shape[0], self.in_size
-        row_reach, col_reach = _reaching(x, floor)
-        row0, rows_n = self._axis_window(row_reach, self._row_identity)
-        col0, cols_n = self._axis_window(col_reach, self._col_identity)
+        row0, col0, rows_n, cols_n = window.row0, window.col0, window.rows, window.cols
         height = max(int(rows_n.max()), 1) if n else 1
         width = max(int(cols_n.max()), 1) if n else 1
         # Sources of the window's cells: one more row/column on interpolated axes (cell i blends
@@ -463,11 +498,17 @@ class UpsamplePlan:
         """(K, block_h, block_w) upsampled values of K cells, blocks cut to `block_hw`; NaN on padding."""
         rows, cols = self.rows, self.cols
         block_h, block_w = block_hw
-        i2, j2 = rows.cell_next[ii], cols.cell_next[jj]
-        a, b = x[ni, ii, jj][:, None], x[ni, ii, j2][:, None]
-        c, d = x[ni, i2, jj][:, None], x[ni, i2, j2][:, None]
-        wx0, wx1 = cols.block_weight0[jj, :block_w], cols.block_weight1[jj, :block_w]  # (K, block_w)
-        wy0, wy1 = rows.block_weight0[ii, :block_h][:, :, None], rows.block_weight1[ii, :block_h][:, :, None]
+        # Flat offsets: one-dimensional index_select gathers ~2x faster than indexing by three tensors.
+        size = self.in_size
+        flat = x.reshape(-1)
+        top = (ni * size + ii) * size
+        bottom = top + (rows.cell_next.index_select(0, ii) - ii) * size
+        right = cols.cell_next.index_select(0, jj) - jj
+        a, b = flat.index_select(0, top + jj)[:, None], flat.index_select(0, top + jj + right)[:, None]
+        c, d = flat.index_select(0, bottom + jj)[:, None], flat.index_select(0, bottom + jj + right)[:, None]
+        wx0, wx1 = _cell_rows(cols.block_weight0, jj, block_w), _cell_rows(cols.block_weight1, jj, block_w)
+        wy0 = _cell_rows(rows.block_weight0, ii, block_h)[:, :, None]
+        wy1 = _cell_rows(rows.block_weight1, ii, block_h)[:, :, None]
         upper, lower = blend(a, wx0, b, wx1), blend(c, wx0, d, wx1)
         return blend(upper[:, None, :], wy0, lower[:, None, :], wy1)
 
