@@ -91,8 +91,8 @@ def test_worker_node_lost_mid_batch_loses_and_duplicates_nothing(ray_cluster, ph
     assert done == sorted([*names, "99_broken.jpg"]), "every image reported done exactly once"
     assert spread["retried"], "the killed node had work in progress, which must have been started again"
     for retry in spread["retried"]:
-        # The lost node may have finished an image whose task Ray started again anyway: a streaming task that
-        # yielded its row before the node went is re-run, and Ray Data drops the row it already delivered. So
-        # the row that was written may come from either start, but it comes from one of them.
+        # The lost node may have finished an image that Ray started again anyway (its row had reached this
+        # process before the node went; seen in CI), and the second row is dropped. So the row that was
+        # written may come from either start, but it comes from one of them.
         assert victim.node_id in retry["started_on"] and retry["done_on"] in retry["started_on"]
         assert f"ray retried {retry['file_name']}: started on" in stderr
