@@ -24,15 +24,14 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from segany.predict.amg.bilinear import AxisPlan, axis_plan, blend
+from segany.predict.amg.thresholds import cell_levels, margins, reaching, threshold_stats
 
 _CELL_CHUNK = 1 << 16  # straddling cells evaluated per step (bounds memory: cells * block pixels)
 _MASK_CHUNK = 128  # masks classified per step (bounds memory: masks * in * in)
-_ROW_BLOCK = 8  # rows per block when finding each mask's window (`_reaching`)
 _SAMPLE_STRIDE = 16  # the dense route is chosen on every 16th cell row: ~4k cells, enough for a share
 # Upsampled pixels per step on the dense route: about one 427x640 mask (1 MB of float32) on CPU, so
 # that its threshold passes read it from cache; 16 times that on accelerators, to keep them busy.
@@ -44,108 +43,11 @@ _DENSE_CHUNK_PIXELS = 1 << 18
 DENSE_SHARE = 0.03
 
 
-def _threshold_stats(values: torch.Tensor, thresholds: list[float], box_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Counts of (n, h, w) `values` > each threshold, (n, T) int64, and the inclusive XYXY box of
-    those > thresholds[box_k], (n, 4) int64, zeros where none. NaN entries never count.
-
-    On CPU numpy compares and counts one mask at a time: its bool maps stay in cache, and numpy's
-    bool kernels are several times faster than torch's on them (torch sums bools through int64).
-    """
-    n, h, w = values.shape
-    if values.device.type == "cpu":
-        counts = np.zeros((n, len(thresholds)), dtype=np.int64)
-        row_has, col_has = np.zeros((n, h), dtype=bool), np.zeros((n, w), dtype=bool)
-        for i, plane in enumerate(values.numpy()):
-            for k, t in enumerate(thresholds):
-                above = plane > np.float32(t)  # float32, as torch compares with a Python float
-                counts[i, k] = np.count_nonzero(above)
-                if k == box_k:  # OR over rows (axis 0) runs along contiguous memory, unlike `any` per row
-                    row_has[i], col_has[i] = above.any(axis=1), np.logical_or.reduce(above, axis=0)
-        row_any, col_any = torch.from_numpy(row_has), torch.from_numpy(col_has)
-        count_t = torch.from_numpy(counts)
-    else:
-        count_t = torch.stack([(values > t).sum(dim=(1, 2)) for t in thresholds], dim=1)
-        above = values > thresholds[box_k]
-        row_any, col_any = above.any(dim=2), above.any(dim=1)
-
-    def extent(has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.arange(has.shape[1], device=has.device, dtype=torch.int32)
-        return torch.where(has, index, has.shape[1]).amin(dim=1), torch.where(has, index, -1).amax(dim=1)
-
-    (top, bottom), (left, right) = extent(row_any), extent(col_any)
-    boxes = torch.stack([left, top, right, bottom], dim=1).long()
-    return count_t.to(values.device), torch.where((bottom < 0)[:, None], torch.zeros_like(boxes), boxes)
-
-
-def _reaching(x: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows and columns of (N, in, in) `x` that hold a value > floor, (N, in) bool each; NaN counts as
-    reaching (a window may be larger than needed, never smaller). Only the first and last reaching row
-    are exact: rows between them may read True regardless, which no window bound sees.
-
-    One pass over `x` (two took twice as long, at memory speed): maxima over blocks of `_ROW_BLOCK` rows
-    give every column exactly and the rows block by block; only the two end blocks are read again.
-    """
-    n, size = x.shape[0], x.shape[1]
-    if n == 0 or size % _ROW_BLOCK:
-        return ~(x.amax(dim=2) <= floor), ~(x.amax(dim=1) <= floor)
-    count = size // _ROW_BLOCK
-    blocks = x.reshape(n, count, _ROW_BLOCK, size).amax(dim=2)  # (N, blocks, in)
-    cols = ~(blocks.amax(dim=1) <= floor)
-    block_reach = ~(blocks.amax(dim=2) <= floor)  # (N, blocks)
-    index = torch.arange(count, device=x.device)
-    # Masks reaching nowhere read blocks that do not reach either, so their rows stay False.
-    first = torch.where(block_reach, index, count - 1).amin(dim=1)
-    last = torch.where(block_reach, index, 0).amax(dim=1)
-    ends = torch.stack([first, last], dim=1)[:, :, None] * _ROW_BLOCK + torch.arange(_ROW_BLOCK, device=x.device)
-    exact = ~(x[torch.arange(n, device=x.device)[:, None, None], ends].amax(dim=3) <= floor)  # (N, 2, block)
-    rows = block_reach.repeat_interleave(_ROW_BLOCK, dim=1)
-    return rows.scatter_(1, ends.view(n, -1), exact.view(n, -1)), cols
-
-
 def _cell_rows(table: torch.Tensor, cells: torch.Tensor, width: int) -> torch.Tensor:
     """The first `width` entries of each of `cells`' rows of an (in, block) axis table.
 
     index_select, then the cut: several times faster than indexing and slicing in one step."""
     return table.index_select(0, cells)[:, :width]
-
-
-def _margins(thresholds: list[float]) -> tuple[list[float], list[float]]:
-    """Per threshold t, the level a block's sources must all exceed for every blend of them to be > t,
-    and the level they must all stay at or under for every blend to be <= t; float32 values.
-
-    Rounding is monotone and moves a blend by a few ulps of its sources' level, which the margin
-    covers. Rounded to float32, as PyTorch compares float32 tensors with a Python float.
-    """
-    margins = [1e-5 * abs(t) + 1e-6 for t in thresholds]
-    above = [float(np.float32(t + m)) for t, m in zip(thresholds, margins)]
-    below = [float(np.float32(t - m)) for t, m in zip(thresholds, margins)]
-    return above, below
-
-
-def _cell_levels(
-    low: torch.Tensor, high: torch.Tensor, above: list[float], below: list[float]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sure level (uint8) and straddling (bool) of cells whose sources' min is `low` and max `high`.
-
-    With ascending thresholds, a cell's minimum exceeds the first s `above` levels and its maximum
-    the first e `below` levels, s <= e: every blend is above the first s thresholds and at or under
-    the last T - e, so the cell straddles some threshold iff s < e, and is otherwise sure up to
-    level s. Counting in uint8 keeps every pass at the cells' shape, without (T, ...) broadcasts. A
-    NaN source (min/max propagate it) gives s = e = 0: never above, as the upsampled NaN block.
-    Straddling cells get level 0. On CPU numpy does the comparisons, ~3x faster than torch's.
-    """
-    if low.device.type == "cpu":
-        low, high = low.numpy(), high.numpy()
-        surely, reach = np.zeros(low.shape, dtype=np.uint8), np.zeros(low.shape, dtype=np.uint8)
-    else:
-        surely = torch.zeros(low.shape, dtype=torch.uint8, device=low.device)
-        reach = torch.zeros_like(surely)
-    for a, b in zip(above, below):
-        surely += low > a
-        reach += high > b
-    straddle = surely < reach
-    surely *= surely >= reach  # zero on straddling cells
-    return torch.as_tensor(surely), torch.as_tensor(straddle)
 
 
 @dataclass(frozen=True)
@@ -232,7 +134,7 @@ class UpsamplePlan:
         if cells is not None:
             counts[by_cells], boxes[by_cells] = self._cell_stats(cells, len(distinct), box_k)
         for index, upsampled in self._dense(x, by_dense):
-            counts[index], boxes[index] = _threshold_stats(upsampled, distinct, box_k)
+            counts[index], boxes[index] = threshold_stats(upsampled, distinct, box_k)
         order = torch.tensor([distinct.index(t) for t in thresholds], device=x.device)
         return UpsampledStats(counts=counts[:, order], boxes_xyxy=boxes)
 
@@ -282,7 +184,7 @@ class UpsamplePlan:
         and masks on the dense route (D,) int64."""
         if self._dense_cells <= 0:
             return torch.zeros(0, dtype=torch.int64, device=x.device), None, torch.arange(len(x), device=x.device)
-        window = self._cell_windows(x, min(_margins(thresholds)[1]))
+        window = self._cell_windows(x, min(margins(thresholds)[1]))
         dense = self._goes_dense(x, thresholds, window.rows * window.cols)
         by_cells = (~dense).nonzero()[:, 0]
         cells = None
@@ -323,9 +225,9 @@ class UpsamplePlan:
         """Per cell of each mask's `window`, how many of the (ascending) thresholds its whole block is
         surely above; and the straddling cells, whose pixels are computed once and compared with all
         thresholds."""
-        above, below = _margins(thresholds)
+        above, below = margins(thresholds)
         row0, col0, low, high = self._cell_bounds(x, window)
-        level, straddle = _cell_levels(low, high, above, below)
+        level, straddle = cell_levels(low, high, above, below)
         mask, row, col = straddle.nonzero(as_tuple=True)
         row, col = row + row0[mask], col + col0[mask]
         parts = []
@@ -360,7 +262,7 @@ class UpsamplePlan:
         low, high = torch.minimum(upper, lower), torch.maximum(upper, lower)
         low = torch.minimum(low[:, :, :-1], low[:, :, 1:])
         high = torch.maximum(high[:, :, :-1], high[:, :, 1:])
-        _, straddle = _cell_levels(low, high, *_margins(thresholds))
+        _, straddle = cell_levels(low, high, *margins(thresholds))
         sampled = straddle.view(torch.uint8).sum(dim=(1, 2), dtype=torch.int32)
         dense[large] = sampled * (self.in_size / max(upper.shape[1], 1)) > self._dense_cells
         return dense
@@ -403,7 +305,7 @@ class UpsamplePlan:
 
     def _cell_windows(self, x: torch.Tensor, floor: float) -> _Window:
         """Each mask's window of the cells that have a source > floor (outside it every block is below)."""
-        row_reach, col_reach = _reaching(x, floor)
+        row_reach, col_reach = reaching(x, floor)
         row0, rows_n = self._axis_window(row_reach, self._row_identity)
         col0, cols_n = self._axis_window(col_reach, self._col_identity)
         return _Window(row0, col0, rows_n, cols_n)
