@@ -196,10 +196,8 @@ class MaskGenerator:
         kept = found.select(keep)
         kept.crop.fill_(crop)
         # Encode now and drop the logits: memory stays bounded by one crop's surviving masks.
-        kept_logits = _gather_rows(logits, keep)
-        del logits
         kept.row = torch.arange(len(rles), len(rles) + len(keep))
-        rles.extend(self._encode(kept_logits, kept.boxes, crop_box, size_hw))
+        rles.extend(self._encode(logits, keep, kept.boxes, crop_box, size_hw))
         return kept
 
     def _process_batch(
@@ -226,10 +224,12 @@ class MaskGenerator:
         points_px = points_px.repeat_interleave(per_point, dim=0)
         if p.use_m2m:
             logits, iou = self._refine(embedding, model_points.repeat_interleave(per_point, dim=0), logits)
-        if p.pred_iou_thresh > 0.0:  # index_select copies ~2x faster than boolean-mask indexing
-            keep = (iou > p.pred_iou_thresh).nonzero()[:, 0]
-            logits, iou, points_px = logits.index_select(0, keep), iou[keep], points_px[keep.cpu()]
-        # The decoder's output, or a copy of it: this batch's to overwrite.
+        # `slots[i]` is the decoder row that row i of `logits` now holds (the filter below moves rows).
+        slots = torch.arange(len(iou), device=iou.device)
+        if p.pred_iou_thresh > 0.0:
+            slots = _compact_rows(logits, iou > p.pred_iou_thresh)
+            logits, iou, points_px = logits[: len(slots)], iou[slots], points_px[slots.cpu()]
+        # The decoder's output: this batch's to overwrite.
         logits = fill_small_regions(logits, p.min_mask_region_area, p.mask_threshold, in_place=True)
 
         plan = self._plan(logits, crop_hw)
@@ -244,6 +244,7 @@ class MaskGenerator:
         image_box = [0, 0, size_hw[1], size_hw[0]]
         keep &= ~is_box_near_crop_edge(boxes, crop_box, image_box)
         index = keep.nonzero()[:, 0]
+        index = index[torch.argsort(slots[index])]  # back in decoder order, as the official keeps them
         n = len(index)
         found = _Candidates(
             iou[index].cpu(), points_px[index.cpu()], stability[index].cpu(), boxes[index].cpu(),
@@ -338,39 +339,63 @@ class MaskGenerator:
         return rle
 
     def _encode(
-        self, logits: torch.Tensor, boxes: torch.Tensor, crop_box: list[int], size_hw: tuple[int, int]
+        self, logits: list[torch.Tensor], rows: torch.Tensor, boxes: torch.Tensor, crop_box: list[int],
+        size_hw: tuple[int, int],
     ) -> list[dict[str, Any]]:
         """Full-image uncompressed RLEs of one crop's masks, upsampled only inside their boxes.
 
         Args:
-            logits: (N, 256, 256) float32 of the crop's masks; boxes: (N, 4) int64 inclusive XYXY, crop frame.
+            logits: the crop's batches of (n, 256, 256) float32 masks; rows: (N,) int64 the masks' rows
+                in their concatenation; boxes: (N, 4) int64 inclusive XYXY, crop frame.
         """
         x0, y0, x1, y1 = crop_box
-        plan = self._plan(logits, (y1 - y0, x1 - x0))
+        plan = self._plan(logits[0], (y1 - y0, x1 - x0))
         rles: list[dict[str, Any]] = [{}] * len(boxes)
         areas = ((boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)).numpy()
         order = np.argsort(areas, kind="stable")  # similar sizes share a padded window
         for chunk in _window_chunks(boxes[order]):
             picked = order[chunk]
+            picked = picked[np.argsort(rows[picked].numpy(), kind="stable")]  # each batch's rows in one run
             index = torch.from_numpy(picked)
-            on_device = index.to(logits.device)
-            windows = plan.windows(logits[on_device], boxes[index].to(logits.device), self.params.mask_threshold)
+            chunk_logits = _gather_sorted_rows(logits, rows[index])
+            windows = plan.windows(chunk_logits, boxes[index].to(chunk_logits.device), self.params.mask_threshold)
             origins_yx = boxes[index][:, [1, 0]] + torch.tensor([[y0, x0]])
             for k, rle in zip(picked.tolist(), window_masks_to_rle(windows, origins_yx, size_hw)):
                 rles[k] = rle
         return rles
 
 
-def _gather_rows(parts: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Rows of the concatenation of `parts`, in the order given, without building the concatenation."""
-    sizes = torch.tensor([len(p) for p in parts])
-    starts = torch.cumsum(sizes, 0) - sizes
-    owner = torch.searchsorted(torch.cumsum(sizes, 0), rows, right=True)
+def _compact_rows(rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Move the rows where `keep` (N,) is set to the front of `rows`, in place; return where each came from.
+
+    Kept rows already among the first K stay put and the rest fill the gaps there, so only rows
+    behind the front move: a few of a batch most of whose masks pass, where gathering the kept
+    rows into a new tensor copies them all. The front's order is no longer the decoder's.
+    """
+    count = int(keep.sum())
+    slots = torch.arange(count, device=keep.device)
+    gaps = (~keep[:count]).nonzero()[:, 0]
+    movers = keep[count:].nonzero()[:, 0] + count
+    for gap, mover in zip(gaps.tolist(), movers.tolist()):  # row by row: one copy, no temporary
+        rows[gap].copy_(rows[mover])
+    slots[gaps] = movers
+    return slots
+
+
+def _gather_sorted_rows(parts: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Rows (ascending) of the concatenation of `parts`, without building the concatenation.
+
+    Ascending rows take each part's share as one contiguous run of the output, which index_select
+    writes directly: one copy per row (indexing, then assigning, copies twice).
+    """
+    ends = torch.cumsum(torch.tensor([len(p) for p in parts]), 0)
+    owner = torch.searchsorted(ends, rows, right=True)
+    bounds = torch.searchsorted(owner, torch.arange(len(parts) + 1)).tolist()
     out = parts[0].new_empty((len(rows), *parts[0].shape[1:]))
-    for part in owner.unique().tolist():  # one step per batch, not per mask
-        where = (owner == part).nonzero()[:, 0]
-        local = rows[where] - starts[part]
-        out[where.to(out.device)] = parts[part][local.to(out.device)]
+    for part, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if last > first:
+            local = rows[first:last] - (ends[part] - len(parts[part]))
+            torch.index_select(parts[part], 0, local.to(out.device), out=out[first:last])
     return out
 
 

@@ -9,6 +9,8 @@ four sources are all above (below) a threshold gives an output block that is ent
 their output pixels computed, with PyTorch's own index and weight arithmetic (float32), so counts
 and boxes equal those of the full upsampling. Cells are classified on one window of the cell grid per
 mask, around the sources above the lowest threshold: outside it every block is below all thresholds.
+Drawing masks inside known boxes (`windows`) takes the cells under the box instead, with no pass over
+the logits to find them.
 
 A mask whose logits hover around the thresholds everywhere (random weights give such maps, and so do
 textures) straddles almost every cell; gathering those cells one by one costs several times the plain
@@ -171,7 +173,9 @@ class UpsamplePlan:
         inside = (r <= bottom[:, None])[:, :, None] & (c <= right[:, None])[:, None, :]
         r, c = r.clamp(max=self.out_hw[0] - 1), c.clamp(max=self.out_hw[1] - 1)
         window = torch.zeros(len(x), win_h, win_w, dtype=torch.bool, device=x.device)
-        by_cells, cells, by_dense = self._routes(x, [threshold])
+        # Every pixel above the threshold is inside its box, so the cells covering the box will do.
+        cell_window = self._box_cells(top, bottom, left, right)
+        by_cells, cells, by_dense = self._routes(x, [threshold], cell_window)
         if cells is not None:
             window[by_cells] = self._cell_window(cells, r[by_cells], c[by_cells], top[by_cells], left[by_cells])
         for index, upsampled in self._dense(x, by_dense):
@@ -179,12 +183,16 @@ class UpsamplePlan:
             window[index] = upsampled[batch, r[index][:, :, None], c[index][:, None, :]] > threshold
         return window & inside
 
-    def _routes(self, x: torch.Tensor, thresholds: list[float]) -> tuple[torch.Tensor, _Cells | None, torch.Tensor]:
+    def _routes(
+        self, x: torch.Tensor, thresholds: list[float], window: _Window | None = None
+    ) -> tuple[torch.Tensor, _Cells | None, torch.Tensor]:
         """Masks of (N, in, in) `x` on the cells route (M,) int64, their classification (None when M = 0),
-        and masks on the dense route (D,) int64."""
+        and masks on the dense route (D,) int64. `window`: cells outside which every block is known to
+        be below all thresholds; found from `x` when not given."""
         if self._dense_cells <= 0:
             return torch.zeros(0, dtype=torch.int64, device=x.device), None, torch.arange(len(x), device=x.device)
-        window = self._cell_windows(x, min(margins(thresholds)[1]))
+        if window is None:
+            window = self._cell_windows(x, min(margins(thresholds)[1]))
         dense = self._goes_dense(x, thresholds, window.rows * window.cols)
         by_cells = (~dense).nonzero()[:, 0]
         cells = None
@@ -309,6 +317,13 @@ class UpsamplePlan:
         row0, rows_n = self._axis_window(row_reach, self._row_identity)
         col0, cols_n = self._axis_window(col_reach, self._col_identity)
         return _Window(row0, col0, rows_n, cols_n)
+
+    def _box_cells(
+        self, top: torch.Tensor, bottom: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+    ) -> _Window:
+        """The window of the cells that own output pixels of each inclusive box (N,) x 4."""
+        row0, col0 = self.rows.index0[top], self.cols.index0[left]
+        return _Window(row0, col0, self.rows.index0[bottom] - row0 + 1, self.cols.index0[right] - col0 + 1)
 
     def _cell_bounds(self, x: torch.Tensor, window: _Window) -> tuple[torch.Tensor, ...]:
         """The min/max of the sources of every cell in each mask's window.
