@@ -86,7 +86,8 @@ def test_records_match_official_golden(path: Path):
     assert list(records[0]) == list(golden["records"][0])  # same fields, same order
     # Records come in the official order (the ones both sides have, should a rare one differ).
     mine, theirs = [_key(r) for r in records], [_key(g) for g in golden["records"]]
-    assert [k for k in mine if k in set(theirs)] == [k for k in theirs if k in set(mine)]
+    both = set(mine) & set(theirs)
+    assert [k for k in mine if k in both] == [k for k in theirs if k in both]
     for record in records:
         assert isinstance(record["area"], int)
         assert record["area"] == int(mask_utils.area(_pycoco(record["segmentation"])))

@@ -154,7 +154,11 @@ class UpsamplePlan:
         counts = (per_row.double() * row_weight[:, None, :]).sum(dim=2).round().long()
         for part in cells.straddling:  # (uint8 sums: PyTorch sums bools through int64 copies)
             counts.index_add_(0, part.mask, part.above.view(torch.uint8).sum(dim=(2, 3), dtype=torch.int32).long())
-        return counts, self._boxes(cells, box_k)
+        # Sure cells always own output pixels (cells owning none are never sure), so a window row or
+        # column holds one iff its weighted sum is positive: the row sums are at hand already.
+        row_has = per_row[:, box_k] > 0
+        col_has = torch.bmm(row_weight.float()[:, None, :], sure[:, box_k])[:, 0] > 0
+        return counts, self._boxes(cells, box_k, row_has, col_has)
 
     def windows(self, logits: torch.Tensor, boxes_xyxy: torch.Tensor, threshold: float) -> torch.Tensor:
         """Upsampled masks (value > threshold) inside each box, top-left aligned and False-padded.
@@ -379,25 +383,29 @@ class UpsamplePlan:
         cell_c = (cells.col0[:, None] + local_c).clamp(max=self.in_size - 1)
         return self.rows.cell_count[cell_r].double(), self.cols.cell_count[cell_c].float()
 
-    def _boxes(self, cells: _Cells, k: int) -> torch.Tensor:
-        """(N, 4) inclusive XYXY of the pixels above thresholds[k]; zeros for empty masks (the official convention)."""
-        top, bottom, left, right = self._sure_box(cells, cells.level > k)
+    def _boxes(self, cells: _Cells, k: int, row_has: torch.Tensor, col_has: torch.Tensor) -> torch.Tensor:
+        """(N, 4) inclusive XYXY of the pixels above thresholds[k]; zeros for empty masks (the official convention).
+
+        row_has (N, window rows), col_has (N, window cols): bool, the window rows and columns holding a
+        cell surely above thresholds[k]."""
+        top, bottom, left, right = self._sure_box(cells, row_has, col_has)
         for part in cells.straddling:
             self._merge_straddling_box(part, part.above[:, k], (top, bottom, left, right))
         empty = (top > bottom) | (left > right)
         boxes = torch.stack([left, top, right, bottom], dim=1)
         return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)
 
-    def _sure_box(self, cells: _Cells, sure: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Inclusive pixel extent (top, bottom, left, right) of the sure cells; empty as top > bottom."""
+    def _sure_box(self, cells: _Cells, row_has: torch.Tensor, col_has: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Inclusive pixel extent (top, bottom, left, right) of the sure cells, from the window rows and
+        columns that hold one; empty as top > bottom."""
         rows, cols = self.rows, self.cols
         out_h, out_w = self.out_hw
-        row_has, col_has = sure.any(dim=2), sure.any(dim=1)  # (N, window rows), (N, window cols)
-        local_r = torch.arange(sure.shape[1], device=sure.device, dtype=torch.int32)
-        local_c = torch.arange(sure.shape[2], device=sure.device, dtype=torch.int32)
-        first_row = torch.where(row_has, local_r, sure.shape[1] - 1).amin(dim=1) + cells.row0
+        n_rows, n_cols = row_has.shape[1], col_has.shape[1]
+        local_r = torch.arange(n_rows, device=row_has.device, dtype=torch.int32)
+        local_c = torch.arange(n_cols, device=col_has.device, dtype=torch.int32)
+        first_row = torch.where(row_has, local_r, n_rows - 1).amin(dim=1) + cells.row0
         last_row = torch.where(row_has, local_r, 0).amax(dim=1) + cells.row0
-        first_col = torch.where(col_has, local_c, sure.shape[2] - 1).amin(dim=1) + cells.col0
+        first_col = torch.where(col_has, local_c, n_cols - 1).amin(dim=1) + cells.col0
         last_col = torch.where(col_has, local_c, 0).amax(dim=1) + cells.col0
         has = row_has.any(dim=1)
         # Clamped only for masks without sure cells, whose values are then replaced.
