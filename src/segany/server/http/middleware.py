@@ -5,7 +5,7 @@ The key is checked before any body byte is read (on the Roboflow body-key routes
 64 KiB); then the body is read (up to `max_body_mb`, 413 as soon as it is larger; 408 past `body_timeout_s`;
 503 while other requests hold `max_buffered_mb` of bodies), its JSON nesting bounded, and it is replayed to
 the route; its bytes count against that budget until the route has answered. Errors are rendered in the
-dialect of the path.
+dialect of the path; one given before the body was read to its end also closes the connection.
 """
 from __future__ import annotations
 
@@ -89,8 +89,13 @@ class GuardMiddleware:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             reader, body = await self._admit(scope, receive)
-        except SeganyError as error:
-            response = self.render_error(scope.get("path", ""), describe(error))
+        except _Refused as refused:
+            response = self.render_error(scope.get("path", ""), describe(refused.error))
+            if refused.body_left:
+                # Answered before its body arrived in full: on a kept-alive connection whatever of it is
+                # still to come would be parsed as the start of the next request, so the client is told to
+                # open a new connection for that one.
+                response.headers["connection"] = "close"
             await response(scope, receive, send)
             return
         if reader is None:
@@ -114,18 +119,25 @@ class GuardMiddleware:
         """Check the key and, for body methods, read the whole body under the limits and the body budget.
 
         Returns the reader holding the body's share of the budget (release it when the route has answered)
-        and the body; (None, b"") for methods without a body. On failure the budget is released here.
+        and the body; (None, b"") for methods without a body. On failure (`_Refused`) the budget is
+        released here.
         """
         path = scope.get("path", "")
         method = scope.get("method", "GET")
         headers = _headers(scope)
         query = scope.get("query_string", b"").decode("latin-1")
         if method not in _BODY_METHODS:
-            check_request(path, headers, query, None, self.api_keys, method)
+            try:
+                check_request(path, headers, query, None, self.api_keys, method)
+            except SeganyError as error:
+                raise _Refused(error, body_left=False) from error
             return None, b""
         length = headers.get("content-length")
         declared = int(length) if length and length.isdigit() else None
-        reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
+        try:
+            reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
+        except SeganyError as error:  # declared larger than the limit: refused before any byte is read
+            raise _Refused(error, body_left=True) from error
         try:
             if wants_body_key(path, headers, query, self.api_keys, method):
                 # Only a bounded start of an unauthenticated body is read to find its key.
@@ -137,7 +149,19 @@ class GuardMiddleware:
             body = await reader.read_all()
             if "json" in headers.get("content-type", "json"):  # JSON bodies (and untyped ones routes parse)
                 check_json_depth(body)
-        except BaseException:  # errors and disconnects alike give the budget back
+        except SeganyError as error:
+            reader.release()
+            raise _Refused(error, body_left=not reader.done) from error
+        except BaseException:  # disconnects too give the budget back
             reader.release()
             raise
         return reader, body
+
+
+class _Refused(Exception):
+    """A request answered with `error` before its route; `body_left`: its body was not read to the end."""
+
+    def __init__(self, error: SeganyError, body_left: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.body_left = body_left
