@@ -126,19 +126,14 @@ class GuardMiddleware:
         method = scope.get("method", "GET")
         headers = _headers(scope)
         query = scope.get("query_string", b"").decode("latin-1")
-        if method not in _BODY_METHODS:
-            try:
+        reader: BodyReader | None = None
+        try:
+            if method not in _BODY_METHODS:
                 check_request(path, headers, query, None, self.api_keys, method)
-            except SeganyError as error:
-                raise _Refused(error, body_left=False) from error
-            return None, b""
-        length = headers.get("content-length")
-        declared = int(length) if length and length.isdigit() else None
-        try:
-            reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)
-        except SeganyError as error:  # declared larger than the limit: refused before any byte is read
-            raise _Refused(error, body_left=True) from error
-        try:
+                return None, b""
+            length = headers.get("content-length")
+            declared = int(length) if length and length.isdigit() else None
+            reader = BodyReader(receive, self.max_body_bytes, declared, self.body_timeout_s)  # 413 on the length
             if wants_body_key(path, headers, query, self.api_keys, method):
                 # Only a bounded start of an unauthenticated body is read to find its key.
                 head = await reader.read_up_to(BODY_KEY_SCAN_BYTES)
@@ -149,11 +144,12 @@ class GuardMiddleware:
             body = await reader.read_all()
             if "json" in headers.get("content-type", "json"):  # JSON bodies (and untyped ones routes parse)
                 check_json_depth(body)
-        except SeganyError as error:
-            reader.release()
-            raise _Refused(error, body_left=not reader.done) from error
-        except BaseException:  # disconnects too give the budget back
-            reader.release()
+        except BaseException as error:  # errors and disconnects alike give the budget back
+            if reader is not None:
+                reader.release()
+            if isinstance(error, SeganyError):
+                body_left = method in _BODY_METHODS and (reader is None or not reader.done)
+                raise _Refused(error, body_left) from error
             raise
         return reader, body
 
