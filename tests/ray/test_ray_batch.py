@@ -89,7 +89,11 @@ def test_worker_node_lost_mid_batch_loses_and_duplicates_nothing(ray_cluster, ph
     spread = coco["info"]["segany"]["run"]["ray"]
     done = sorted(name for entry in spread["nodes"].values() for name in entry["images"])
     assert done == sorted([*names, "99_broken.jpg"]), "every image reported done exactly once"
-    assert spread["retried"], "the killed node had work in progress, which must have been started again"
+    # Whether the removed node had started an image it had not finished depends on the moment: it may be
+    # between rows (seen on a 2-core AMD EPYC: nothing needed starting again). Whatever it had started and not
+    # finished was started again and written once (the checks above); the retries, if any, are reported.
+    if not spread["retried"]:
+        assert "ray retried nothing" in stderr
     for retry in spread["retried"]:
         # The lost node may have finished an image that Ray started again anyway (its row had reached this
         # process before the node went; seen in CI), and the second row is dropped. So the row that was
