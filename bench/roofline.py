@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             contenders = {"segany": stage.ours} if stage.theirs is None else {"segany": stage.ours,
                                                                                "hf": stage.theirs}
             # On a shared VM the machine's speed drifts by 20% within minutes (the same embed read 1.2 and 1.6 s
-            # ten minutes apart), so each stage is held against the peak measured right before it.
+            # a few minutes apart), so each stage is held against the peak measured right before it.
             roofline = gemm_peak_gflops(dtype, seconds=1.0)
             timings = time_interleaved(contenders, args.repeats)
             seconds = timings["segany"].median_s / stage.prompts
