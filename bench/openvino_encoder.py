@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 import segany
-from _common import format_table, random_checkpoint, time_interleaved
-from roofline import IMAGE_SIZE_WH, counted_gflop, cpu_isa, gemm_peak_gflops
+from _common import counting_flops, format_table, random_checkpoint, time_interleaved
+from roofline import IMAGE_SIZE_WH, cpu_isa, gemm_peak_gflops
+from segany.model.weights import default_dtype
 
 
 class _Encoder(torch.nn.Module):
@@ -67,13 +68,12 @@ def run(variant: str, dtype: torch.dtype, repeats: int) -> None:
         with torch.inference_mode():
             return eager.encode_image(images)
 
-    with torch.inference_mode():
-        gflop = counted_gflop(lambda: reference.encode_image(images))
+    with torch.inference_mode(), counting_flops() as counter:
+        expected = reference.encode_image(images)  # the float32 outputs both runtimes are compared with
+    gflop = counter.get_total_flops() / 1e9
     calls = {"eager": eager_embed, "openvino": openvino_embed}
     peak = gemm_peak_gflops(dtype, seconds=1.0)
     timings = time_interleaved(calls, repeats=repeats)
-    with torch.inference_mode():
-        expected = reference.encode_image(images)
     errors = {name: [relative_error(out, ref) for out, ref in zip(call(), expected)] for name, call in calls.items()}
 
     print(f"\n{variant}, {dtype}: convert {convert_s:.1f} s, compile {compile_s:.1f} s; {gflop:.1f} GFLOP an embed; "
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         raise SystemExit("this benchmark needs OpenVINO: pip install openvino") from None
     variants = args.variants.split(",")
-    if args.dtype == "auto":
-        dtype = segany.load_model(variants[0], checkpoint=random_checkpoint(variants[0]), device="cpu").dtype
-    else:
-        dtype = getattr(torch, args.dtype)
+    dtype = default_dtype(torch.device("cpu")) if args.dtype == "auto" else getattr(torch, args.dtype)
     print(f"CPU: {cpu_isa()}")
     print(f"torch {torch.__version__}, OpenVINO {openvino.__version__}, {torch.get_num_threads()} threads; "
           f"image {IMAGE_SIZE_WH[0]}x{IMAGE_SIZE_WH[1]}")
