@@ -252,6 +252,8 @@ def bench_one(variant: str, dtype: torch.dtype, rgb: np.ndarray, repeats: int, s
     rows = []
     name = variant.replace("sam2.1_hiera_", "")
     dtype_name = str(dtype).replace("torch.", "")
+    if predictor.model.compiled_encoder is not None:  # load_model's encoder_runtime picked OpenVINO here
+        dtype_name += " openvino"
     for op in ("embed", "predict-1", "predict-64"):
         contenders = {"segany": ours[op]} if theirs is None else {"segany": ours[op], "hf": theirs[op]}
         timings = time_interleaved(contenders, repeats)

@@ -1,12 +1,14 @@
 """Mask agreement of segany in reduced precision with the official float32 goldens.
 
-    python bench/bf16_accuracy.py [--variants tiny,...] [--dtype auto|bfloat16|float32] [--min-iou 0.98] [--video]
+    python bench/bf16_accuracy.py [--variants tiny,...] [--dtype auto|bfloat16|float32]
+                                  [--encoder-runtime auto|eager|openvino] [--min-iou 0.98] [--video]
 
 Runs every case of ../shared/fixtures/goldens/manifest.json (every variant, image and prompt case) with the
 model loaded in `--dtype` (`auto`: what `segany.load_model` picks, bfloat16 on CPUs with AVX512-BF16 or AMX)
-from the same random checkpoint the goldens were computed from, and reports the mean mask IoU against the
-golden full-resolution masks (return_logits cases thresholded at 0), per case, per variant and overall.
-Exits with status 1 when the overall mean is below --min-iou.
+and its encoder on `--encoder-runtime` (`auto`: what `load_model` picks, OpenVINO for bfloat16 on AVX512-BF16
+CPUs without AMX when it is installed) from the same random checkpoint the goldens were computed from, and
+reports the mean mask IoU against the golden full-resolution masks (return_logits cases thresholded at 0), per
+case, per variant and overall. Exits with status 1 when the overall mean is below --min-iou.
 
 `--video` does the same for video tracking instead: it replays every scripted session of
 ../shared/fixtures/goldens/video_manifest.json (clicks, a box, corrections, a mask, forward and reverse
@@ -45,11 +47,12 @@ def as_bool(masks: np.ndarray) -> np.ndarray:
     return masks if masks.dtype == bool else masks > 0
 
 
-def run_variant(file_name: str, entry: dict, dtype: torch.dtype | None) -> tuple[str, list[list]]:
-    """Rows [variant, image, case, masks, mean IoU, min IoU, mean |Δscore|] for one golden file."""
+def run_variant(file_name: str, entry: dict, dtype: torch.dtype | None, runtime: str) -> tuple[str, str, list[list]]:
+    """(dtype, encoder runtime, rows [variant, image, case, masks, mean IoU, min IoU, mean |Δscore|]) for one
+    golden file."""
     variant = entry["variant"]
     model = segany.load_model(variant, checkpoint=random_checkpoint(variant, seed=entry.get("seed", 0)),
-                              device="cpu", dtype=dtype)
+                              device="cpu", dtype=dtype, encoder_runtime=runtime)
     predictor = segany.Predictor(model)
     npz = np.load(GOLDENS / file_name)
     embeddings = {image: predictor.embed(image_path(image)) for image in entry["images"]}
@@ -61,7 +64,7 @@ def run_variant(file_name: str, entry: dict, dtype: torch.dtype | None) -> tuple
         ious = mask_ious(as_bool(out.masks), as_bool(golden_masks(npz, prefix)))
         score_gap = float(np.abs(out.scores - npz[f"{prefix}/iou"]).mean())
         rows.append([variant, image, case["name"], int(ious.size), float(ious.mean()), float(ious.min()), score_gap])
-    return str(model.dtype).replace("torch.", ""), rows
+    return str(model.dtype).replace("torch.", ""), "openvino" if model.compiled_encoder else "eager", rows
 
 
 def run_video(name: str, spec: dict, dtype: torch.dtype | None) -> tuple[str, list[list]]:
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="", help="comma list of variant names (or tiny, small, base_plus, large "
                     "for sam2.1_hiera_*); default: every variant with goldens")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="auto")
+    ap.add_argument("--encoder-runtime", choices=("auto", "eager", "openvino"), default="auto",
+                    help="where image embeds run (segany.load_model's encoder_runtime; not used with --video)")
     ap.add_argument("--min-iou", type=float, default=0.98, help="exit 1 when the overall mean mask IoU is below this")
     ap.add_argument("--video", action="store_true", help="replay the video goldens instead of the image ones")
     args = ap.parse_args(argv)
@@ -120,17 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     for file_name, entry in files.items():
         if wanted and entry["variant"] not in wanted:
             continue
-        dtype_name, variant_rows = run_variant(file_name, entry, DTYPES[args.dtype])
+        dtype_name, runtime, variant_rows = run_variant(file_name, entry, DTYPES[args.dtype], args.encoder_runtime)
         rows.extend(variant_rows)
         ious = [r[4] for r in variant_rows]
-        per_variant.append([entry["variant"], dtype_name, len(ious), float(np.mean(ious)), float(np.min(ious))])
-        print(f"{entry['variant']} ({dtype_name}): mean mask IoU {np.mean(ious):.4f} over {len(ious)} cases",
-              flush=True)
+        per_variant.append([entry["variant"], dtype_name, runtime, len(ious), float(np.mean(ious)),
+                            float(np.min(ious))])
+        print(f"{entry['variant']} ({dtype_name}, encoder {runtime}): mean mask IoU {np.mean(ious):.4f} over "
+              f"{len(ious)} cases", flush=True)
 
     print()
     print_table(["variant", "image", "case", "masks", "mean IoU", "min IoU", "mean |Δscore|"], rows, decimals=4)
     print()
-    print_table(["variant", "dtype", "cases", "mean IoU", "worst case"], per_variant, decimals=4)
+    print_table(["variant", "dtype", "encoder", "cases", "mean IoU", "worst case"], per_variant, decimals=4)
     overall = float(np.mean([r[4] for r in rows]))
     print(f"\noverall mean mask IoU (mean over {len(rows)} cases): {overall:.4f} (aim >= {args.min_iou})")
     return 0 if overall >= args.min_iou else 1

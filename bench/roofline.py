@@ -74,9 +74,15 @@ def gemm_peak_gflops(dtype: torch.dtype, seconds: float = 2.0) -> float:
     return best
 
 
-def counted_gflop(fn: Callable[[], object]) -> float:
-    with counting_flops() as counter:
-        fn()
+def counted_gflop(fn: Callable[[], object], model: torch.nn.Module) -> float:
+    """GFLOP torch counts in `fn`, run on `model`'s eager modules: torch sees nothing inside an OpenVINO encoder,
+    whose graph is traced from those modules (the same work)."""
+    compiled, model.compiled_encoder = model.compiled_encoder, None
+    try:
+        with counting_flops() as counter:
+            fn()
+    finally:
+        model.compiled_encoder = compiled
     return counter.get_total_flops() / 1e9
 
 
@@ -93,6 +99,7 @@ def random_boxes(count: int, size_wh: tuple[int, int], seed: int = 0) -> np.ndar
 class Stage:
     name: str
     prompts: int  # times are reported per prompt when > 1
+    model: torch.nn.Module  # segany's, whose FLOPs are counted
     ours: Callable[[], object]
     theirs: Callable[[], object] | None
 
@@ -111,7 +118,10 @@ def stages(variant: str, dtype: torch.dtype, rgb: np.ndarray, skip_hf: bool, ski
                 return hf.get_image_embeddings(preprocess_for_hf(rgb, predictor.model.image_size, dtype))
         hf_embeddings = hf_embed()
 
-    result = [Stage("embed", 1, lambda: predictor.embed(rgb), hf_embed if hf is not None else None)]
+    model = predictor.model
+    encoder = "openvino" if model.compiled_encoder is not None else "eager"
+    print(f"{variant}: encoder runtime {encoder} (load_model's encoder_runtime, env SEGANY_ENCODER_RUNTIME)", flush=True)
+    result = [Stage("embed", 1, model, lambda: predictor.embed(rgb), hf_embed if hf is not None else None)]
     for count in DECODE_BATCHES:
         boxes = random_boxes(count, (rgb.shape[1], rgb.shape[0]))
 
@@ -128,10 +138,10 @@ def stages(variant: str, dtype: torch.dtype, rgb: np.ndarray, skip_hf: bool, ski
                 with torch.inference_mode():
                     out = hf(image_embeddings=hf_embeddings, input_boxes=hf_boxes, multimask_output=True)
                     return upsample_masks(out.pred_masks[0], size_hw)
-        result.append(Stage(f"decode-{count}", count, ours, theirs))
+        result.append(Stage(f"decode-{count}", count, model, ours, theirs))
     if not skip_amg:
         generator = segany.MaskGenerator(predictor, points_per_side=amg_points)
-        result.append(Stage(f"amg-{amg_points}", 1, lambda: generator.generate(rgb), None))
+        result.append(Stage(f"amg-{amg_points}", 1, model, lambda: generator.generate(rgb), None))
     return result
 
 
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     for short in args.variants.split(","):
         variant = SHORT_NAMES.get(short.strip(), short.strip())
         for stage in stages(variant, dtype, rgb, args.skip_hf, args.skip_amg, args.amg_points):
-            gflop = counted_gflop(stage.ours) / stage.prompts
+            gflop = counted_gflop(stage.ours, stage.model) / stage.prompts
             contenders = {"segany": stage.ours} if stage.theirs is None else {"segany": stage.ours,
                                                                                "hf": stage.theirs}
             # On a shared VM the machine's speed drifts by 20% within minutes (the same embed read 1.2 and 1.6 s

@@ -19,6 +19,10 @@ from fixture_paths import CHECKPOINT_TOOL, FIXTURES, IMAGES, SHARED
 # Servers started by tests (in-process or as subprocesses) keep their job database and files here,
 # never in the user's ~/.local/share/segany.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="segany-tests-")
+# Every model runs its encoder eagerly, so that results and timings do not depend on whether this CPU is one
+# where `auto` picks OpenVINO (each new random checkpoint would convert for ~10 s and fill ~/.cache);
+# tests/model/test_encoder_runtime.py asks for OpenVINO itself, with its own cache folder.
+os.environ["SEGANY_ENCODER_RUNTIME"] = "eager"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -69,3 +69,17 @@ def release_free_memory() -> bool:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as the first processor in /proc/cpuinfo lists them (`avx2`, `avx512_bf16`,
+    `amx_bf16`, ...); empty where there is no /proc/cpuinfo. Read on each call: well under a millisecond, and
+    callers ask once per model load."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()

@@ -38,6 +38,7 @@ class AnnotatorConfig:
     checkpoint: str | None = None
     device: str | None = None
     dtype: str | None = None
+    encoder_runtime: str | None = None  # auto, eager, openvino; None reads SEGANY_ENCODER_RUNTIME
     threads: int | None = None  # torch CPU threads; None leaves torch's default
     amg: Mapping[str, Any] = field(default_factory=dict)  # MaskGenerator keyword arguments (not output_mode)
     text: str | None = None
@@ -78,7 +79,7 @@ class ImageAnnotator:
         if config.threads:
             torch.set_num_threads(int(config.threads))
         self.model = segany.load_model(config.model, checkpoint=config.checkpoint, device=config.device,
-                                       dtype=config.dtype)
+                                       dtype=config.dtype, encoder_runtime=config.encoder_runtime)
         self.predictor = segany.Predictor(self.model)
         self.generator = None
         self.grounder = None

@@ -2,7 +2,7 @@
 
 Each benchmark runs as its own process (`python bench/bench_NAME.py ARGS...`), one after another, so their
 timings never overlap. The model options reach them as SEGANY_MODEL, SEGANY_CHECKPOINT, SEGANY_DEVICE,
-SEGANY_DTYPE (and SEGANY_THREADS) in the environment.
+SEGANY_DTYPE, SEGANY_ENCODER_RUNTIME (and SEGANY_THREADS) in the environment.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def select(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
 
 def benchmark_env(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
-    for name in ("model", "checkpoint", "device", "dtype", "threads"):
+    for name in ("model", "checkpoint", "device", "dtype", "threads", "encoder_runtime"):
         value = getattr(args, name, None)
         if value is not None:
             env[f"SEGANY_{name.upper()}"] = str(value)

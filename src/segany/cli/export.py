@@ -130,4 +130,4 @@ def add_export_parser(commands: Any, subparser: Callable[..., argparse.ArgumentP
     decoder.add_argument("--out", default=None, help="ONNX file to write (default: VARIANT.decoder.onnx)")
     decoder.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
     decoder.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failures")
-    opts.add_model_options(decoder)
+    opts.add_model_options(decoder, image_encoder=False)

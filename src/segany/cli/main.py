@@ -7,6 +7,7 @@ missing optional extra); 130 interrupted (a batch run keeps what it finished and
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import traceback
@@ -74,7 +75,8 @@ def _load_predictor(args: argparse.Namespace) -> Any:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = segany.load_model(args.model, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype)
+    model = segany.load_model(args.model, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                              encoder_runtime=args.encoder_runtime)
     return segany.Predictor(model)
 
 
@@ -205,7 +207,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     amg = _usage_checks(lambda: opts.amg_kwargs(args)) if args.mode == "auto" else {}
     config = _usage_checks(lambda: AnnotatorConfig(
         mode=args.mode, model=args.model, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-        threads=args.threads, amg=amg, text=args.text, detector=args.detector, box_threshold=args.box_threshold,
+        encoder_runtime=args.encoder_runtime, threads=args.threads, amg=amg, text=args.text, detector=args.detector, box_threshold=args.box_threshold,
         text_threshold=args.text_threshold, multimask=args.multimask))
     ray = None
     if args.ray is not None:
@@ -380,6 +382,25 @@ def _version() -> str:
     return __version__
 
 
+class _StderrHandler(logging.Handler):
+    """Writes each record to the `sys.stderr` of the moment (a StreamHandler keeps the one it was made with, which
+    a caller running several commands in one process, such as a test, may have swapped since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_model_progress() -> None:
+    """Print the model layer's INFO lines on stderr: it logs what makes a start slow (converting the encoder for
+    OpenVINO the first time, ~10-30 s), which a command would otherwise spend in silence."""
+    logger = logging.getLogger("segany.model")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("segany: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []
@@ -392,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args.passthrough = passthrough
-    if args.command != "serve":  # the servers handle their own signals
+    if args.command != "serve":  # the servers handle their own signals and logging
+        _show_model_progress()
         # SIGTERM (a scheduler stopping the job) stops a batch run as cleanly as Ctrl-C does; Ctrl-C works even
         # when the process was started with SIGINT ignored (a background job of a script).
         signal.signal(signal.SIGTERM, _interrupt)

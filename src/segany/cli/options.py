@@ -14,6 +14,7 @@ from typing import Any
 
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+ENCODER_RUNTIME_CHOICES = ("auto", "eager", "openvino")  # segany.model.encoder_runtime.RUNTIMES
 
 # Not a MaskGeneratorParams field (the grids themselves are the generator's argument); `output_mode` is not an
 # option: --format decides the encoding.
@@ -37,8 +38,9 @@ def _env_default(name: str, fallback: str | None) -> str | None:
     return os.environ.get(f"SEGANY_{name.upper()}") or fallback
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --checkpoint, --device, --dtype, --threads (each also SEGANY_<NAME> in the environment)."""
+def add_model_options(parser: argparse.ArgumentParser, image_encoder: bool = True) -> None:
+    """--model, --checkpoint, --device, --dtype, --threads, and where image embeds run --encoder-runtime (each
+    also SEGANY_<NAME> in the environment; the last only for commands that embed images, `image_encoder`)."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=_env_default("model", DEFAULT_MODEL),
                        help="variant name (e.g. sam2.1_hiera_large), Hugging Face id or checkpoint file (env SEGANY_MODEL)")
@@ -52,6 +54,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                             "native bf16, else float32)")
     group.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's choice, usually one per core)")
+    if image_encoder:
+        group.add_argument("--encoder-runtime", default=_env_default("encoder_runtime", None),
+                           choices=ENCODER_RUNTIME_CHOICES,
+                           help="where image embeds run (env SEGANY_ENCODER_RUNTIME; default auto: OpenVINO, when "
+                                "installed, for bfloat16 on CPUs with AVX512-BF16 and no AMX, where it measured "
+                                "faster; else eager torch). The first OpenVINO start converts the encoder "
+                                "(~10-30 s) and caches it under ~/.cache/segany/openvino")
 
 
 def generator_defaults() -> dict[str, Any]:

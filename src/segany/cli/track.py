@@ -79,7 +79,7 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=None, help="overlay frame rate (default: the video's, else 25)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
-    opts.add_model_options(parser)
+    opts.add_model_options(parser, image_encoder=False)  # tracking runs the encoder eagerly (encoder_runtime.py)
     return parser
 
 

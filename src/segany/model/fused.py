@@ -50,6 +50,11 @@ def plain() -> Iterator[None]:
         _plain_only.reset(token)
 
 
+def in_plain() -> bool:
+    """Whether the caller is inside `plain()`."""
+    return _plain_only.get()
+
+
 def _gelu_in_epilogue() -> bool:
     """Whether oneDNN's GELU epilogue beats a separate `F.gelu` pass: only with its AVX-512 erf.
 
@@ -70,7 +75,7 @@ def active(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN's fused ops would run on `x` with `weight` (any row count)."""
     return (
         _ONEDNN
-        and not _plain_only.get()
+        and not in_plain()
         and not torch.jit.is_tracing()  # exporters (ONNX, OpenVINO) trace the plain ops they know
         and not torch.compiler.is_compiling()
         and x.device.type == "cpu"

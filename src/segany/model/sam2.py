@@ -30,6 +30,9 @@ class SAM2ImageModel(nn.Module):
         self.prompt_encoder = PromptEncoder(spec.d_model, (grid, grid), (spec.image_size, spec.image_size))
         self.mask_decoder = MaskDecoder(spec.d_model)
         self._high_res_maps: dict[int, tuple[tuple, tuple[torch.Tensor, torch.Tensor]]] = {}
+        # A compiled encoder (`encoder_runtime.OpenVinoEncoder`) that `encode_image` hands the calls it serves
+        # to; set by `load_model` where the runtime chosen is not eager.
+        self.compiled_encoder = None
 
     @property
     def variant(self) -> str:
@@ -69,6 +72,9 @@ class SAM2ImageModel(nn.Module):
         `image_embed` already has `no_mem_embed` added (what the official image predictor does), and the
         decoder's high-resolution projections are applied here once per image.
         """
+        compiled = self.compiled_encoder
+        if compiled is not None and compiled.serves(self, images):
+            return compiled(images)
         top, feat_s0, feat_s1 = self.encode_levels(images)
         return top + self.no_mem_embed.view(1, -1, 1, 1), feat_s0, feat_s1
 

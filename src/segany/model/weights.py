@@ -11,7 +11,8 @@ import torch
 
 from segany.errors import CheckpointError, InvalidInput, ModelNotFound
 from segany.model import hub
-from segany.runtime import onednn_runs_avx512, tune_cpu_allocator
+from segany.model.encoder_runtime import choose_runtime, load_openvino_encoder
+from segany.runtime import cpu_flags, onednn_runs_avx512, tune_cpu_allocator
 from segany.model.sam2 import SAM2ImageModel
 from segany.model.video import SAM2VideoModel
 from segany.model.variants import VariantSpec, get_variant, list_variants, variant_for_trunk
@@ -198,13 +199,7 @@ def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats float32,
     and torch and oneDNN may use them: ATEN_CPU_CAPABILITY=avx2 or ONEDNN_MAX_CPU_ISA=AVX2 (how an AVX2
     machine is emulated, or a kernel bug avoided) leave oneDNN unable to build bf16 linears at all."""
-    if not onednn_runs_avx512():
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return onednn_runs_avx512() and bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -325,6 +320,7 @@ def load_model(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    encoder_runtime: str | None = None,
 ) -> SAM2ImageModel:
     """Build a SAM 2 image model and load official weights.
 
@@ -333,11 +329,20 @@ def load_model(
     shapes. `checkpoint` overrides where the weights come from. `dtype` None picks bfloat16 where the
     hardware runs it natively (CUDA, AVX512-BF16/AMX CPUs) and float32 otherwise. The model records
     where its weights came from: `model.weights` is "official", "file" or "random" (`WeightsSource`),
-    `model.checkpoint_path` the file read.
+    `model.checkpoint_path` the file read. `encoder_runtime` ("auto", "eager", "openvino"; None reads
+    SEGANY_ENCODER_RUNTIME, default auto) says where image embeds run: auto compiles the encoder with OpenVINO,
+    when it is installed, for bfloat16 on CPUs where that measured faster (AVX512-BF16 without AMX; see
+    `segany.model.encoder_runtime`), caching the result on disk.
     """
     model, dtype, path, weights = _build(SAM2ImageModel, load_state_dict_strict, name_or_path, checkpoint, device,
                                          dtype)
+    compiled = None
+    if choose_runtime(encoder_runtime, model.device, dtype) == "openvino":
+        compiled = load_openvino_encoder(model, dtype)  # from the float32 weights, before the cast
     _cast_image_model(model, dtype)
+    if compiled is not None:
+        compiled.bind(model)
+        model.compiled_encoder = compiled
     _record_source(model, path, weights)
     return model
 
