@@ -24,7 +24,8 @@ import torch
 import segany
 from _common import counting_flops, format_table, random_checkpoint, time_interleaved
 from roofline import IMAGE_SIZE_WH, cpu_isa, gemm_peak_gflops
-from segany.model.encoder_runtime import INSTALL_HINT, import_openvino, openvino_installed
+from segany.errors import MissingExtra
+from segany.model.encoder_runtime import import_openvino, openvino_installed
 from segany.model.weights import default_dtype
 
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=6, help="timed calls per runtime, alternated")
     args = parser.parse_args(argv)
     if not openvino_installed():
-        raise SystemExit(f"this benchmark needs OpenVINO: {INSTALL_HINT}")
+        raise SystemExit(str(MissingExtra("openvino", "openvino", "This benchmark")))
     openvino = import_openvino()
     variants = args.variants.split(",")
     dtype = default_dtype(torch.device("cpu")) if args.dtype == "auto" else getattr(torch, args.dtype)

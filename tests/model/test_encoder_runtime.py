@@ -88,6 +88,7 @@ def test_first_load_converts_says_so_and_matches_eager_in_float32(first_load, ti
     got, want = embed(model, images), embed(tiny_model, images)
     for g, w in zip(got, want):
         assert g.shape == w.shape and g.dtype == torch.float32
+        assert g.stride() == w.stride()  # the eager neck's channels-last layout, which the decoder reads fastest
         assert relative_error(g, w) < 1e-5
         torch.testing.assert_close(g, w, atol=2e-3, rtol=1e-3)
 
@@ -125,6 +126,7 @@ def test_a_batch_is_embedded_image_by_image(first_load, images):
     batch = embed(model, torch.cat([images, flipped]))
     for i, single in enumerate((images, flipped)):
         for b, s in zip(batch, embed(model, single)):
+            assert b.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(b[i : i + 1], s, atol=0, rtol=0)
 
 
@@ -195,6 +197,15 @@ def test_the_cli_says_where_it_loaded_the_encoder_from(first_load, tiny_checkpoi
     assert f"segany: loaded the {VARIANT} image encoder (f32, 1024x1024) for OpenVINO from" in capsys.readouterr().err
 
 
+def test_the_cli_refuses_a_runtime_that_cannot_run_before_reading_weights(tiny_checkpoint, image_paths, capsys):
+    from segany.cli.main import main
+
+    code = main(["segment", str(image_paths["chelsea.png"]), "--box", "1,1,50,50", "--model", str(tiny_checkpoint),
+                 "--dtype", "float16", "--encoder-runtime", "openvino"])
+    assert code == 2
+    assert "encoder runtime openvino runs float32 or bfloat16, not torch.float16" in capsys.readouterr().err
+
+
 def test_auto_picks_openvino_only_for_bfloat16_on_avx512_bf16_without_amx(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(encoder_runtime, "onednn_runs_avx512", lambda: True)
@@ -222,6 +233,13 @@ def test_the_runtime_is_asked_for_by_argument_or_environment(monkeypatch):
         choose_runtime("openvino", torch.device("cuda"), torch.float32)
     with pytest.raises(InvalidInput, match="float32 or bfloat16, not torch.float16"):
         choose_runtime("openvino", cpu, torch.float16)
+
+
+def test_the_light_modules_list_the_same_runtimes():
+    from segany.cli.options import ENCODER_RUNTIME_CHOICES
+    from segany.server.settings import RUNTIMES
+
+    assert ENCODER_RUNTIME_CHOICES == RUNTIMES == encoder_runtime.RUNTIMES
 
 
 def test_importing_openvino_through_segany_sends_no_telemetry():

@@ -62,7 +62,7 @@ def shared_loader() -> Callable[..., Any]:
     models: dict[tuple[str, str], Any] = {}
     lock = threading.Lock()
 
-    def load(name: str, checkpoint: Any = None, device: Any = None, dtype: Any = None) -> Any:
+    def load(name: str, checkpoint: Any = None, device: Any = None, dtype: Any = None, encoder_runtime: Any = None) -> Any:
         key = (name, str(checkpoint))
         with lock:
             if key not in models:

@@ -46,6 +46,7 @@ def test_environment_then_flags():
         ({"SEGANY_MAX_QUEUE": "0"}, "max_queue"),
         ({"SEGANY_REQUEST_TIMEOUT_S": "-1"}, "request_timeout_s"),
         ({"SEGANY_DTYPE": "int8"}, "dtype"),
+        ({"SEGANY_ENCODER_RUNTIME": "tensorrt"}, "encoder_runtime"),
     ],
 )
 def test_bad_values_name_the_option(environ, field):

@@ -58,9 +58,15 @@ def _warn_random_weights(args: argparse.Namespace) -> None:
 
 
 def _check_device(args: argparse.Namespace) -> None:
-    from segany.model.weights import check_device
+    """The device, and that the encoder runtime asked for can run on it, before any weights are read."""
+    import torch
 
-    _usage_checks(lambda: check_device(args.device))
+    from segany.model.encoder_runtime import choose_runtime
+    from segany.model.weights import check_device, default_dtype
+
+    device = _usage_checks(lambda: check_device(args.device))
+    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(device)
+    _usage_checks(lambda: choose_runtime(args.encoder_runtime, device, dtype))
 
 
 def _check_image_arg(path: str) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
-ENCODER_RUNTIME_CHOICES = ("auto", "eager", "openvino")  # segany.model.encoder_runtime.RUNTIMES
+# segany.model.encoder_runtime.RUNTIMES, repeated so that `--help` needs no torch (a test holds them equal).
+ENCODER_RUNTIME_CHOICES = ("auto", "eager", "openvino")
 
 # Not a MaskGeneratorParams field (the grids themselves are the generator's argument); `output_mode` is not an
 # option: --format decides the encoding.

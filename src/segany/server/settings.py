@@ -23,6 +23,8 @@ SERVER_MAX_PIXELS = 6000 * 6000
 
 ENV_PREFIX = "SEGANY_"
 DTYPES = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
+# segany.model.encoder_runtime.RUNTIMES, repeated so that settings load without torch (a test holds them equal).
+RUNTIMES = ("auto", "eager", "openvino")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -50,6 +52,8 @@ class ServerSettings:
     checkpoint_dir: str | None = _opt(None, "folder of <variant>.pt checkpoints for models loaded on request")
     device: str | None = _opt(None, "torch device (default: cuda if available, else cpu)")
     dtype: str | None = _opt(None, "float32, bfloat16 or float16 (default: the library's choice for the device)")
+    encoder_runtime: str | None = _opt(None, "where image embeds run: auto, eager or openvino (default: auto, "
+                                       "OpenVINO for bfloat16 on AVX512-BF16 CPUs without AMX when installed)")
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8000, "port to listen on")
     api_keys: tuple[str, ...] = _opt(
@@ -126,6 +130,9 @@ class ServerSettings:
                 raise InvalidInput(f"{name} must be >= 0, got {getattr(self, name)}", name)
         if self.dtype is not None and self.dtype.lower() not in DTYPES:
             raise InvalidInput(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "dtype")
+        if self.encoder_runtime is not None and self.encoder_runtime.lower() not in RUNTIMES:
+            raise InvalidInput(f"encoder_runtime must be one of {', '.join(RUNTIMES)}, got {self.encoder_runtime!r}",
+                               "encoder_runtime")
         if self.job_recovery not in ("retry", "fail"):
             raise InvalidInput(f"job_recovery must be 'retry' or 'fail', got {self.job_recovery!r}", "job_recovery")
         for name in ("request_timeout_s", "max_body_mb", "body_timeout_s", "keep_alive_s", "max_buffered_mb",

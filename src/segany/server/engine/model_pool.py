@@ -101,7 +101,8 @@ class ModelPool:
     def _load(self, variant: str) -> Predictor:
         checkpoint = self.checkpoint_for(variant)
         log.info("loading model %s (checkpoint %s)", variant, checkpoint or "from the Hugging Face cache")
-        model = self._loader(variant, checkpoint=checkpoint, device=self.settings.device, dtype=self.settings.dtype)
+        model = self._loader(variant, checkpoint=checkpoint, device=self.settings.device, dtype=self.settings.dtype,
+                             encoder_runtime=self.settings.encoder_runtime)
         self.weights[variant] = str(getattr(model, "weights", "file"))
         if self.weights[variant] == "random":
             log.warning("model %s has RANDOM weights (%s): its masks are noise; see README 'Weights' to get the "
