@@ -120,7 +120,8 @@ def stages(variant: str, dtype: torch.dtype, rgb: np.ndarray, skip_hf: bool, ski
 
     model = predictor.model
     encoder = "openvino" if model.compiled_encoder is not None else "eager"
-    print(f"{variant}: encoder runtime {encoder} (load_model's encoder_runtime, env SEGANY_ENCODER_RUNTIME)", flush=True)
+    print(f"{variant}: encoder runtime {encoder} (load_model's encoder_runtime, env SEGANY_ENCODER_RUNTIME)",
+          flush=True)
     result = [Stage("embed", 1, model, lambda: predictor.embed(rgb), hf_embed if hf is not None else None)]
     for count in DECODE_BATCHES:
         boxes = random_boxes(count, (rgb.shape[1], rgb.shape[0]))

@@ -111,7 +111,8 @@ def test_a_later_load_reads_the_cache_and_bfloat16_compiles_from_the_same_graph(
     with caplog.at_level(logging.INFO, logger="segany.model.encoder_runtime"):
         model = load(tiny_checkpoint, torch.bfloat16)
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith(f"loaded the {VARIANT} image encoder (bf16, 1024x1024) for OpenVINO from") for m in messages)
+    loaded = f"loaded the {VARIANT} image encoder (bf16, 1024x1024) for OpenVINO from"
+    assert any(m.startswith(loaded) for m in messages), messages
     assert not any(m.startswith("converting") for m in messages), messages
     assert sorted(p.name for p in use_cache.iterdir()) == before
     got = embed(model, images)
@@ -248,6 +249,7 @@ def test_importing_openvino_through_segany_sends_no_telemetry():
     import sys
 
     code = ("import sys; from segany.model.encoder_runtime import import_openvino; ov = import_openvino(); "
-            "print(sys.modules['openvino_telemetry'] is None, type(sys.modules['openvino.tools.ovc'].telemetry).__module__)")
+            "print(sys.modules['openvino_telemetry'] is None, "
+            "type(sys.modules['openvino.tools.ovc'].telemetry).__module__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "openvino.tools.ovc.telemetry_stub"]

@@ -213,8 +213,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     amg = _usage_checks(lambda: opts.amg_kwargs(args)) if args.mode == "auto" else {}
     config = _usage_checks(lambda: AnnotatorConfig(
         mode=args.mode, model=args.model, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-        encoder_runtime=args.encoder_runtime, threads=args.threads, amg=amg, text=args.text, detector=args.detector, box_threshold=args.box_threshold,
-        text_threshold=args.text_threshold, multimask=args.multimask))
+        encoder_runtime=args.encoder_runtime, threads=args.threads, amg=amg, text=args.text, detector=args.detector,
+        box_threshold=args.box_threshold, text_threshold=args.text_threshold, multimask=args.multimask))
     ray = None
     if args.ray is not None:
         from segany.ray_cluster import import_ray, loopback_only

@@ -263,7 +263,8 @@ def _compile(ov: Any, entry: Path, dtype: torch.dtype) -> Any:
     return ov.Core().compile_model(str(entry / "encoder.xml"), "CPU", config)
 
 
-def load_openvino_encoder(model: SAM2ImageModel, dtype: torch.dtype, root: Path | None = None) -> OpenVinoEncoder | None:
+def load_openvino_encoder(model: SAM2ImageModel, dtype: torch.dtype,
+                          root: Path | None = None) -> OpenVinoEncoder | None:
     """The OpenVINO encoder of `model` (float32, before its cast to `dtype`), from the cache under `root`
     (default `cache_root()`) or converted and cached now; None, after one EncoderRuntimeWarning, where it
     cannot be built. Bind the result to the model once it is cast."""
