@@ -42,10 +42,15 @@ def timed_load(variant: str, checkpoint, dtype: torch.dtype, runtime: str) -> tu
 def run(variant: str, dtype: torch.dtype, repeats: int) -> None:
     checkpoint = random_checkpoint(variant)
     eager, eager_load_s = timed_load(variant, checkpoint, dtype, "eager")
+    previous = os.environ.get("XDG_CACHE_HOME")
     with tempfile.TemporaryDirectory(prefix="segany-openvino-bench-") as cache_home:
         os.environ["XDG_CACHE_HOME"] = cache_home  # an empty cache: the first start is a real one
         _, first_load_s = timed_load(variant, checkpoint, dtype, "openvino")
         compiled, cached_load_s = timed_load(variant, checkpoint, dtype, "openvino")
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
     if compiled.compiled_encoder is None:
         raise SystemExit("OpenVINO could not build the encoder (see the warning above)")
     reference = copy.deepcopy(eager).float() if dtype != torch.float32 else eager

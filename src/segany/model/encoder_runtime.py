@@ -168,12 +168,11 @@ class OpenVinoEncoder:
     output buffers are reused instead of faulted in again each call.
     """
 
-    def __init__(self, compiled: Any, dtype: torch.dtype, image_size: int, source: str) -> None:
+    def __init__(self, compiled: Any, dtype: torch.dtype, image_size: int) -> None:
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
         self.dtype = dtype
         self.image_size = image_size
-        self.source = source  # the cache entry it was loaded from
         self._weights: tuple | None = None
 
     def bind(self, model: SAM2ImageModel) -> None:
@@ -191,8 +190,7 @@ class OpenVinoEncoder:
             and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and images.requires_grad)
-            and model.dtype == self.dtype
-            and _weights_identity(model) == self._weights
+            and _weights_identity(model) == self._weights  # also each weight's dtype, as bound after the cast
         )
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -278,7 +276,7 @@ def load_openvino_encoder(model: SAM2ImageModel, dtype: torch.dtype,
         try:
             compiled = _compile(ov, entry, dtype)
             log.info("loaded %s for OpenVINO from %s in %.1f s", what, entry, time.perf_counter() - started)
-            return OpenVinoEncoder(compiled, dtype, model.image_size, str(entry))
+            return OpenVinoEncoder(compiled, dtype, model.image_size)
         except Exception as error:  # noqa: BLE001 - whatever a damaged entry raises, the answer is a new one
             rebuilt = f"the cached OpenVINO graph at {entry} did not load ({error}); converted it again"
             shutil.rmtree(entry, ignore_errors=True)
@@ -295,4 +293,4 @@ def load_openvino_encoder(model: SAM2ImageModel, dtype: torch.dtype,
         warnings.warn(rebuilt, EncoderRuntimeWarning, stacklevel=3)
     log.info("compiled %s for OpenVINO in %.1f s (converted in %.1f s); later starts load it from the cache", what,
              time.perf_counter() - started, converted)
-    return OpenVinoEncoder(compiled, dtype, model.image_size, str(entry))
+    return OpenVinoEncoder(compiled, dtype, model.image_size)
