@@ -13,7 +13,7 @@ under tracing), from the float32 weights; the precision is a compile option. Con
 (18 s for tiny, 33 s for base_plus), so the converted graph is kept under `cache_root()`, one entry per
 (OpenVINO, torch and segany versions, CPU features, variant, input size, weights), written to a temporary
 folder and renamed into place so that processes starting together never read half an entry. OpenVINO's own
-CACHE_DIR inside the entry keeps the compiled blob, which it keys by precision and thread count itself; a
+CACHE_DIR keeps the compiled blob in the entry's `compiled/<precision>` folder (keyed by thread count inside); a
 later start loads both in a few seconds. A cache entry that does not load is converted again, and a
 conversion or compile that fails leaves the model eager; each says so in one warning.
 
@@ -256,7 +256,9 @@ def _compile(ov: Any, entry: Path, dtype: torch.dtype) -> Any:
         "INFERENCE_PRECISION_HINT": _PRECISION[dtype],
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        "CACHE_DIR": str(entry / "compiled"),
+        # One blob folder per precision: on an AMX Xeon, OpenVINO 2026.4 crashed running a bf16 model compiled
+        # into the folder that already held the same graph's f32 blob.
+        "CACHE_DIR": str(entry / "compiled" / _PRECISION[dtype]),
     }
     return ov.Core().compile_model(str(entry / "encoder.xml"), "CPU", config)
 
