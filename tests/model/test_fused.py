@@ -70,6 +70,21 @@ def test_windowed_block_in_strips_equals_whole(monkeypatch, q_stride, window, si
     torch.testing.assert_close(strips, whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("stride", [(2, 2), (1, 2), (3, 2)])
+def test_channels_last_max_pool_is_max_pool2d(dtype, stride):
+    """The trunk's pooling (elementwise maxima of strided views) is `F.max_pool2d`, floor, NaN and all."""
+    torch.manual_seed(0)
+    qkv = torch.randn(3, 7, 9, 3, 8, dtype=dtype)
+    x = qkv[:, :, :, 0]  # a strided view, as the pooled queries are
+    x[1, 2, 3, 4] = float("nan")
+    want = F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
+    got = hiera.max_pool_channels_last(x, stride)
+    assert got.shape == want.shape and got.dtype == dtype
+    assert torch.equal(got.isnan(), want.isnan()) and bool(want.isnan().any())
+    assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
+
+
 def test_position_embedding_cache_follows_the_weights():
     trunk = hiera.Hiera(hiera.HieraConfig(embed_dim=16, num_heads=1, stages=(1, 1), global_att_blocks=(), window_spec=(8, 4), q_pool=1))
     with torch.inference_mode():

@@ -5,6 +5,7 @@ checkpoints under `image_encoder.trunk.`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -64,8 +65,20 @@ def window_unpartition(windows: torch.Tensor, window: int, padded_hw: tuple[int,
 
 
 def max_pool_channels_last(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
-    """2D max pooling (kernel = stride, floor) of a (B, H, W, C) tensor."""
-    return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
+    """2D max pooling (kernel = stride, floor) of a (B, H, W, C) tensor, as `F.max_pool2d` computes it.
+
+    Written as elementwise maxima of the strided views, which read whole channel rows: `F.max_pool2d` on the
+    permuted view copied its input to NCHW and back (the trunk's poolings took ~100 ms of a 1.3 s bfloat16 tiny
+    embed on an AMX Xeon; this is 2-6x faster per call there, in both dtypes, and bit-identical). Exporters
+    trace the single pooling op, which they map to one node of their own.
+    """
+    if torch.jit.is_tracing():
+        return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
+    sh, sw = stride
+    h, w = x.shape[1] // sh * sh, x.shape[2] // sw * sw
+    x = x[:, :h, :w]
+    x = functools.reduce(torch.maximum, [x[:, i::sh] for i in range(sh)])
+    return functools.reduce(torch.maximum, [x[:, :, j::sw] for j in range(sw)])
 
 
 class MultiScaleAttention(nn.Module):
