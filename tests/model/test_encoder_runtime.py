@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import pickle
 import shutil
+import time
 import warnings
 
 import numpy as np
@@ -171,6 +173,57 @@ def test_a_damaged_cache_entry_is_converted_again_with_one_warning(first_load, t
     assert (entry / "encoder.bin").stat().st_size > 1000
     for got, want in zip(embed(model, images), embed(tiny_model, images)):
         assert relative_error(got, want) < 1e-5
+
+
+def _old_entry(root, name, megabytes, days_ago):
+    """A cache entry as another version left it: a graph's worth of bytes, last loaded `days_ago`."""
+    entry = root / name
+    entry.mkdir(parents=True)
+    (entry / "encoder.bin").write_bytes(b"\0" * int(megabytes * 1e6))
+    (entry / "key.json").write_text("{}\n")
+    when = time.time() - days_ago * 86400
+    os.utime(entry / "key.json", (when, when))
+    return entry
+
+
+def test_a_load_holds_the_cache_to_its_budget_dropping_the_least_recently_loaded(first_load, tiny_checkpoint,
+                                                                                  cache_home, tmp_path, monkeypatch,
+                                                                                  caplog):
+    root = tmp_path / "segany" / "openvino"
+    shutil.copytree(cache_home / "segany" / "openvino", root)
+    (current,) = root.iterdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    load(tiny_checkpoint, torch.float32)  # OpenVINO compiles its blob again for the copy's new path
+    recent = _old_entry(root, f"{VARIANT}-recent", 2, days_ago=1)
+    stale = _old_entry(root, f"{VARIANT}-stale", 2, days_ago=30)
+    dead_staging = _old_entry(root, f".{VARIANT}-0.123.tmp", 1, days_ago=2)
+    os.utime(dead_staging, (time.time() - 2 * 86400,) * 2)
+    budget_gb = (encoder_runtime._folder_bytes(current) + 3e6) / 1e9  # room for the loaded entry and one more
+    monkeypatch.setenv(encoder_runtime.CACHE_BUDGET_ENV, str(budget_gb))
+    with caplog.at_level(logging.INFO, logger="segany.model.encoder_runtime"):
+        model = load(tiny_checkpoint, torch.float32)
+    assert model.compiled_encoder is not None
+    assert sorted(p.name for p in root.iterdir()) == sorted([current.name, recent.name])
+    assert time.time() - (current / "key.json").stat().st_mtime < 600  # this load counts as a use
+    assert any(m.startswith(f"removed the OpenVINO cache entry {stale.name}") for m in caplog.messages), caplog.messages
+
+
+def test_eviction_keeps_the_entry_in_use_even_past_the_budget(tmp_path):
+    root = tmp_path / "openvino"
+    in_use = _old_entry(root, "in-use", 3, days_ago=5)
+    newer = _old_entry(root, "newer", 1, days_ago=1)
+    older = _old_entry(root, "older", 1, days_ago=3)
+    assert encoder_runtime.evict(root, in_use, budget_bytes=0) == [newer, older]
+    assert [p.name for p in root.iterdir()] == ["in-use"]
+
+
+@pytest.mark.parametrize("value", ["-1", "lots", "nan"])
+def test_a_malformed_cache_budget_is_refused_before_any_conversion(value, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv(encoder_runtime.CACHE_BUDGET_ENV, value)
+    with pytest.raises(InvalidInput, match=encoder_runtime.CACHE_BUDGET_ENV):
+        load(tiny_checkpoint, torch.float32)
+    assert not (tmp_path / "segany").exists()
 
 
 def test_a_build_that_fails_leaves_the_model_eager_with_one_warning(tiny_checkpoint, tmp_path, monkeypatch, images,

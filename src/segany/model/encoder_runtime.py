@@ -15,7 +15,9 @@ under tracing), from the float32 weights; the precision is a compile option. Con
 folder and renamed into place so that processes starting together never read half an entry. OpenVINO's own
 CACHE_DIR keeps the compiled blob in the entry's `compiled/<precision>` folder (keyed by thread count inside); a
 later start loads both in a few seconds. A cache entry that does not load is converted again, and a
-conversion or compile that fails leaves the model eager; each says so in one warning.
+conversion or compile that fails leaves the model eager; each says so in one warning. Entries for other
+versions, weights or sizes are never read again once superseded, so the cache is held to a size budget
+(`SEGANY_OPENVINO_CACHE_GB`, default 10) by removing the least recently loaded entries first.
 
 The compiled encoder serves whole-image embeds only: video tracking runs `encode_levels` under `fused.plain()`,
 for the official order of operations, and stays eager.
@@ -54,6 +56,11 @@ GRAPH_VERSION = 1
 # the machine (a home directory on a network share, a VM that moves between hosts).
 _KEY_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 _PRECISION = {torch.float32: "f32", torch.bfloat16: "bf16"}
+# An entry holds the float32 graph and a compiled blob per precision: ~0.4 GB for tiny, ~2.5 GB for large.
+CACHE_BUDGET_ENV = "SEGANY_OPENVINO_CACHE_GB"
+DEFAULT_CACHE_BUDGET_GB = 10.0
+# A staging folder this old belongs to a conversion that died; a live one is renamed within minutes.
+_STALE_STAGING_S = 24 * 3600
 
 
 class EncoderRuntimeWarning(UserWarning):
@@ -263,6 +270,69 @@ def _compile(ov: Any, entry: Path, dtype: torch.dtype) -> Any:
     return ov.Core().compile_model(str(entry / "encoder.xml"), "CPU", config)
 
 
+def cache_budget_bytes() -> int:
+    """The cache's size budget from SEGANY_OPENVINO_CACHE_GB (default 10); InvalidInput for a value that is not
+    a non-negative number."""
+    raw = os.environ.get(CACHE_BUDGET_ENV, "").strip()
+    try:
+        gigabytes = float(raw) if raw else DEFAULT_CACHE_BUDGET_GB
+    except ValueError:
+        gigabytes = -1.0
+    if not gigabytes >= 0:  # also NaN
+        raise InvalidInput(f"{CACHE_BUDGET_ENV}={raw!r} is not a size in GB (a number >= 0)", CACHE_BUDGET_ENV)
+    return int(gigabytes * 1e9)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _last_used(entry: Path) -> float:
+    """When the entry was last loaded: its key.json's mtime, which every load touches."""
+    try:
+        return (entry / "key.json").stat().st_mtime
+    except OSError:
+        return entry.stat().st_mtime
+
+
+def evict(root: Path, keep: Path, budget_bytes: int) -> list[Path]:
+    """Remove the least recently loaded entries under `root` until the rest fit in `budget_bytes`; `keep` (the
+    entry in use) stays whatever its size. Staging folders of conversions that died are removed too. Returns
+    what was removed."""
+    removed = []
+    entries = []
+    for path in root.iterdir() if root.is_dir() else ():
+        if not path.is_dir() or path == keep:
+            continue
+        if path.name.startswith("."):
+            if time.time() - path.stat().st_mtime > _STALE_STAGING_S:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            continue
+        entries.append(path)
+    used = _folder_bytes(keep) if keep.is_dir() else 0
+    for last_used, entry in sorted(((_last_used(e), e) for e in entries), reverse=True):
+        size = _folder_bytes(entry)
+        if used + size <= budget_bytes:
+            used += size
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+        log.info("removed the OpenVINO cache entry %s (%.2f GB, last loaded %s) to keep the cache under %.1f GB "
+                 "(%s)", entry.name, size / 1e9, time.strftime("%Y-%m-%d", time.localtime(last_used)),
+                 budget_bytes / 1e9, CACHE_BUDGET_ENV)
+    return removed
+
+
+def _mark_used(entry: Path, root: Path, budget_bytes: int) -> None:
+    """Record this load for the eviction order, then hold the cache to its budget."""
+    try:
+        os.utime(entry / "key.json")
+        evict(root, entry, budget_bytes)
+    except OSError as error:  # a read-only or shared cache still serves its entries
+        log.info("could not update the OpenVINO cache at %s (%s)", root, error)
+
+
 def load_openvino_encoder(model: SAM2ImageModel, dtype: torch.dtype,
                           root: Path | None = None) -> OpenVinoEncoder | None:
     """The OpenVINO encoder of `model` (float32, before its cast to `dtype`), from the cache under `root`
@@ -270,14 +340,17 @@ def load_openvino_encoder(model: SAM2ImageModel, dtype: torch.dtype,
     cannot be built. Bind the result to the model once it is cast."""
     ov = import_openvino()
     what = f"the {model.variant} image encoder ({_PRECISION[dtype]}, {model.image_size}x{model.image_size})"
+    budget = cache_budget_bytes()  # a malformed budget fails here, before minutes of conversion
     key = cache_key(model, ov.__version__)
-    entry = (root or cache_root()) / _entry_name(key)
+    root = root or cache_root()
+    entry = root / _entry_name(key)
     rebuilt = None
     started = time.perf_counter()
     if (entry / "encoder.xml").is_file():
         try:
             compiled = _compile(ov, entry, dtype)
             log.info("loaded %s for OpenVINO from %s in %.1f s", what, entry, time.perf_counter() - started)
+            _mark_used(entry, root, budget)
             return OpenVinoEncoder(compiled, dtype, model.image_size)
         except Exception as error:  # noqa: BLE001 - whatever a damaged entry raises, the answer is a new one
             rebuilt = f"the cached OpenVINO graph at {entry} did not load ({error}); converted it again"
@@ -295,4 +368,5 @@ def load_openvino_encoder(model: SAM2ImageModel, dtype: torch.dtype,
         warnings.warn(rebuilt, EncoderRuntimeWarning, stacklevel=3)
     log.info("compiled %s for OpenVINO in %.1f s (converted in %.1f s); later starts load it from the cache", what,
              time.perf_counter() - started, converted)
+    _mark_used(entry, root, budget)
     return OpenVinoEncoder(compiled, dtype, model.image_size)
