@@ -68,9 +68,9 @@ def max_pool_channels_last(x: torch.Tensor, stride: tuple[int, int]) -> torch.Te
     """2D max pooling (kernel = stride, floor) of a (B, H, W, C) tensor, as `F.max_pool2d` computes it.
 
     Written as elementwise maxima of the strided views, which read whole channel rows: `F.max_pool2d` on the
-    permuted view copied its input to NCHW and back (the trunk's poolings took ~100 ms of a 1.3 s bfloat16 tiny
-    embed on an AMX Xeon; this is 2-6x faster per call there, in both dtypes, and bit-identical). Exporters
-    trace the single pooling op, which they map to one node of their own.
+    permuted view copied its input to NCHW and back. Bit-identical and 2-6x faster per call on an AMX Xeon, in
+    both dtypes; a whole tiny embed gained up to 3% there when memory was slow, nothing measurable when it was
+    fast (bench/README.md). Exporters trace the single pooling op, which they map to one node of their own.
     """
     if torch.jit.is_tracing():
         return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
