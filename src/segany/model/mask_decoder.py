@@ -150,15 +150,17 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
 
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1)
+        keep = slice(1, None) if multimask_output else slice(None)  # multimask output returns masks 1-3
         if fused.active(keys, hyper_in):
-            masks = self._masks_by_pixel(keys, hyper_in, high_res_feats, (h, w))
-        else:
-            masks = self._masks_by_conv(keys, hyper_in, high_res_feats, (h, w))
+            # Only the kept masks: mask 0 would cost a quarter of the mask products and of the reorder.
+            masks = self._masks_by_pixel(keys, hyper_in[:, keep], high_res_feats, (h, w))
+        else:  # the official product of all four, then the cut
+            masks = self._masks_by_conv(keys, hyper_in, high_res_feats, (h, w))[:, keep]
         iou = self.iou_prediction_head(iou_token_out).float()
         object_score = self.pred_obj_score_head(hs[:, 0, :]).float()
 
         if multimask_output:
-            masks, iou = masks[:, 1:], iou[:, 1:]
+            iou = iou[:, 1:]
         elif self.dynamic_multimask_via_stability and not self.training:
             masks, iou = self._select_stable_single_mask(masks, iou)
         else:
@@ -200,9 +202,11 @@ class MaskDecoder(nn.Module):
         map from C_in to 4 * C_out. Kept in that patch order, the upscaled pixels of token (i, j) stay
         together through both convolutions (row 4i + 2a + a', column 4j + 2c + c' for patch offsets
         (a, c) then (a', c')), every epilogue (bias, the high-resolution features, LayerNorm, GELU) runs
-        on one prompt's tensors while they are in cache, and only the 4-channel masks are reordered into
-        the image grid. The conv path writes and rereads a (B, 32, 256, 256) tensor, 8 MB per prompt,
-        at each of its five steps. Same arithmetic up to the GEMMs' summation order.
+        on one prompt's tensors while they are in cache, and only the masks are reordered into the image
+        grid. The conv path writes and rereads a (B, 32, 256, 256) tensor, 8 MB per prompt, at each of
+        its five steps. Same arithmetic up to the GEMMs' summation order.
+
+        hyper_in (B, M, C/8): one row per mask to compute, M <= 4. Returns (B, M, 4h, 4w) float32.
         """
         b, h, w = keys.shape[0], *hw
         dc1, ln1, _, dc2, _ = self.output_upscaling
