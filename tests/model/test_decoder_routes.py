@@ -81,3 +81,21 @@ def test_large_batches_decode_in_chunks_with_the_same_result():
     for name in ("low_res_logits", "iou", "object_score_logits", "mask_tokens"):
         torch.testing.assert_close(getattr(whole, name), torch.cat([getattr(o, name) for o in one_by_one]),
                                    atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("multimask_output, masks", [(True, 3), (False, 1)])
+def test_the_fast_route_returns_the_masks_the_official_order_returns(multimask_output, masks):
+    """Multimask output keeps masks 1-3, and the by-pixel route computes only those; single-mask output
+    needs all four (the stability fallback picks among them)."""
+    torch.manual_seed(0)
+    decoder = MaskDecoder().eval()
+    embed, pe = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64)
+    sparse, dense = torch.randn(2, 3, 256), torch.randn(1, 256, 64, 64)
+    feats = (torch.randn(1, 32, 256, 256), torch.randn(1, 64, 128, 128))
+    with torch.inference_mode():
+        fast = decoder(embed, pe, sparse, dense, feats, multimask_output=multimask_output)
+        with fused.plain():
+            plain = decoder(embed, pe, sparse, dense, feats, multimask_output=multimask_output)
+    assert fast.low_res_logits.shape == plain.low_res_logits.shape == (2, masks, 256, 256)
+    torch.testing.assert_close(fast.low_res_logits, plain.low_res_logits, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(fast.iou, plain.iou, atol=1e-5, rtol=1e-5)
