@@ -29,6 +29,18 @@ def onednn_runs_avx512() -> bool:
     return isa in ("ALL", "DEFAULT") or isa.startswith("AVX512") or "AMX" in isa
 
 
+def limit_cpu_threads(threads: int) -> None:
+    """Run torch's and OpenCV's CPU kernels on at most `threads` threads (the `--threads` options).
+
+    OpenCV keeps its own pool, as large as the machine, for the masks' upsampling and post-processing;
+    left alone it would oversubscribe the cores that several single-threaded workers share.
+    """
+    import cv2  # a core dependency (opencv-python-headless)
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed memory in the heap so large tensors are reused instead of page-faulted in again.
 

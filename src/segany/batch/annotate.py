@@ -39,7 +39,7 @@ class AnnotatorConfig:
     device: str | None = None
     dtype: str | None = None
     encoder_runtime: str | None = None  # auto, eager, openvino; None reads SEGANY_ENCODER_RUNTIME
-    threads: int | None = None  # torch CPU threads; None leaves torch's default
+    threads: int | None = None  # CPU threads for torch and OpenCV; None leaves their defaults
     amg: Mapping[str, Any] = field(default_factory=dict)  # MaskGenerator keyword arguments (not output_mode)
     text: str | None = None
     detector: str | None = None  # text mode: hub id or local directory; None means Grounding DINO tiny
@@ -71,13 +71,12 @@ class ImageAnnotator:
     """Holds the model (and generator or grounder) of one worker; `annotate` labels one image."""
 
     def __init__(self, config: AnnotatorConfig) -> None:
-        import torch
-
         import segany
+        from segany import runtime
 
         self.config = config
         if config.threads:
-            torch.set_num_threads(int(config.threads))
+            runtime.limit_cpu_threads(int(config.threads))
         self.model = segany.load_model(config.model, checkpoint=config.checkpoint, device=config.device,
                                        dtype=config.dtype, encoder_runtime=config.encoder_runtime)
         self.predictor = segany.Predictor(self.model)

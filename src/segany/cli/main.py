@@ -75,12 +75,11 @@ def _check_image_arg(path: str) -> None:
 
 
 def _load_predictor(args: argparse.Namespace) -> Any:
-    import torch
-
     import segany
+    from segany import runtime
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        runtime.limit_cpu_threads(args.threads)
     model = segany.load_model(args.model, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                               encoder_runtime=args.encoder_runtime)
     return segany.Predictor(model)

@@ -54,7 +54,7 @@ def add_model_options(parser: argparse.ArgumentParser, image_encoder: bool = Tru
                        help="weights and activations (env SEGANY_DTYPE; default: bfloat16 on CUDA and on CPUs with "
                             "native bf16, else float32)")
     group.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (default: torch's choice, usually one per core)")
+                       help="CPU threads for torch and OpenCV (default: their choice, usually one per core)")
     if image_encoder:
         group.add_argument("--encoder-runtime", default=_env_default("encoder_runtime", None),
                            choices=ENCODER_RUNTIME_CHOICES,

@@ -85,9 +85,8 @@ def add_track_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `segany track`; returns the exit status (KeyboardInterrupt propagates after saving)."""
-    import torch
-
     import segany
+    from segany import runtime
     from segany.errors import InvalidInput
 
     try:
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"segany track: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.threads:
-        torch.set_num_threads(args.threads)
+        runtime.limit_cpu_threads(args.threads)
     model = segany.load_video_model(args.model, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype)
     session = segany.VideoPredictor(model).start(args.video)
     try:
