@@ -30,7 +30,6 @@ def test_folding_is_chosen_only_where_it_saves_work(attention):
     assert not attention.folds_tokens_to_image(torch.randn(3, 5, 64), image[:1])  # a shared image is projected once
 
 
-
 def test_a_shared_image_is_attended_as_each_prompt_attends_its_own_copy(attention):
     """Batch-1 keys and values serve every prompt's queries, each prompt getting its own rows back."""
     tokens, image = torch.randn(3, 7, 64), torch.randn(1, 100, 64)
@@ -41,6 +40,7 @@ def test_a_shared_image_is_attended_as_each_prompt_attends_its_own_copy(attentio
         one = attention(tokens[2:], image, image)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(one, want[2:], atol=1e-6, rtol=1e-6)
+
 
 @pytest.mark.parametrize("residual_batch, in_place", [(3, False), (1, False), (3, True)])
 def test_image_to_tokens_adds_its_residual(attention, residual_batch, in_place):

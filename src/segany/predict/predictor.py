@@ -171,7 +171,8 @@ def _upsample_on_cpu(low_res: np.ndarray, out: np.ndarray, threshold: float | No
     values differ by up to ~1e-4 of a logit: about one mask pixel in 16 million flips against the official
     masks, far inside the goldens' 99.9%.
     Thresholded masks pass through one reused float32 plane (3 MB at 1024x768, in cache), and numpy's
-    compare writes them straight into the result (~2x faster than torch's).
+    compare writes them straight into the result (~2x faster than torch's); the threshold is compared in
+    float32, as torch compares a float32 tensor with a Python float.
     """
     import cv2  # a core dependency (opencv-python-headless)
 
@@ -179,8 +180,9 @@ def _upsample_on_cpu(low_res: np.ndarray, out: np.ndarray, threshold: float | No
     plane = np.empty((h, w), dtype=np.float32) if threshold is not None else None
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
+            source = np.ascontiguousarray(low_res[i, j])
             if plane is None:
-                cv2.resize(np.ascontiguousarray(low_res[i, j]), (w, h), dst=out[i, j], interpolation=cv2.INTER_LINEAR)
+                cv2.resize(source, (w, h), dst=out[i, j], interpolation=cv2.INTER_LINEAR)
             else:
-                cv2.resize(np.ascontiguousarray(low_res[i, j]), (w, h), dst=plane, interpolation=cv2.INTER_LINEAR)
+                cv2.resize(source, (w, h), dst=plane, interpolation=cv2.INTER_LINEAR)
                 np.greater(plane, np.float32(threshold), out=out[i, j])
