@@ -180,9 +180,7 @@ def _upsample_on_cpu(low_res: np.ndarray, out: np.ndarray, threshold: float | No
     plane = np.empty((h, w), dtype=np.float32) if threshold is not None else None
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
-            source = np.ascontiguousarray(low_res[i, j])
-            if plane is None:
-                cv2.resize(source, (w, h), dst=out[i, j], interpolation=cv2.INTER_LINEAR)
-            else:
-                cv2.resize(source, (w, h), dst=plane, interpolation=cv2.INTER_LINEAR)
+            resized = out[i, j] if plane is None else plane
+            cv2.resize(np.ascontiguousarray(low_res[i, j]), (w, h), dst=resized, interpolation=cv2.INTER_LINEAR)
+            if plane is not None:
                 np.greater(plane, np.float32(threshold), out=out[i, j])
